@@ -1,0 +1,443 @@
+//! Job specs and the market's messages.
+//!
+//! A submitter signs a [`JobSpec`]; the job's id is the hash of that signed envelope
+//! ([`job_id`]). Workers answer an announcement with a signed [`Bid`], the submitter leases the
+//! job to the workers it picks ([`Lease`]), and each worker returns a signed [`WorkResult`]. The
+//! signatures make bids and results usable as evidence later (payment, slashing).
+
+use serde::{Deserialize, Serialize};
+
+use crate::sign::{Domain, Signed};
+use crate::{Hash, PeerId, UnixMillis};
+
+/// The id of a job: the hash of its signed spec.
+pub type JobId = Hash;
+
+/// Limits the sandbox enforces on one execution.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobLimits {
+    /// WebAssembly fuel (roughly one unit per instruction).
+    pub fuel: u64,
+    /// Linear memory, in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock time, in milliseconds.
+    pub wall_time_ms: u64,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            fuel: 10_000_000_000,
+            memory_bytes: 256 << 20,
+            wall_time_ms: 30_000,
+        }
+    }
+}
+
+/// Hard bounds a node puts on any spec it accepts, from a user or the network.
+#[derive(Clone, Copy, Debug)]
+pub struct SpecBounds {
+    /// The largest module, in bytes.
+    pub max_module_bytes: u64,
+    /// The largest input, in bytes.
+    pub max_input_bytes: u64,
+    /// Most arguments.
+    pub max_args: usize,
+    /// Longest argument, in bytes.
+    pub max_arg_len: usize,
+    /// Most capability tags.
+    pub max_capabilities: usize,
+    /// Highest redundancy.
+    pub max_redundancy: u8,
+    /// Largest memory limit.
+    pub max_memory_bytes: u64,
+    /// Longest wall time.
+    pub max_wall_time_ms: u64,
+}
+
+impl Default for SpecBounds {
+    fn default() -> Self {
+        SpecBounds {
+            max_module_bytes: 64 << 20,
+            max_input_bytes: 64 << 20,
+            max_args: 64,
+            max_arg_len: 1024,
+            max_capabilities: 16,
+            max_redundancy: 9,
+            max_memory_bytes: 1 << 30,
+            max_wall_time_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+/// What a submitter asks the network to run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobSpec {
+    /// The WebAssembly module (a WASI command), by hash.
+    pub module: Hash,
+    /// The module's size in bytes, so workers can refuse before fetching.
+    pub module_size: u64,
+    /// The bytes given on stdin, by hash.
+    pub input: Hash,
+    /// The input's size in bytes.
+    pub input_size: u64,
+    /// Command-line arguments after argv\[0\].
+    pub args: Vec<String>,
+    /// Sandbox limits.
+    pub limits: JobLimits,
+    /// Capabilities a worker must offer (e.g. `wasm`).
+    pub capabilities: Vec<String>,
+    /// How many independent workers must agree on the output.
+    pub redundancy: u8,
+    /// The most the submitter pays one worker for one execution.
+    pub max_price: u64,
+    /// After this instant the job is abandoned.
+    pub deadline_ms: UnixMillis,
+    /// Makes otherwise identical submissions distinct.
+    pub nonce: u64,
+}
+
+impl Domain for JobSpec {
+    const DOMAIN: &'static str = "agora/job/1";
+}
+
+/// Why a spec is refused.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// A field is outside what this node accepts.
+    #[error("job spec field `{field}` = {value} is invalid: {expected}")]
+    Field {
+        /// The field's name.
+        field: &'static str,
+        /// Its value, as shown to the user.
+        value: String,
+        /// What would be valid.
+        expected: String,
+    },
+}
+
+fn field_err(field: &'static str, value: impl ToString, expected: impl ToString) -> SpecError {
+    SpecError::Field {
+        field,
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+impl JobSpec {
+    /// Checks every field against `bounds`.
+    pub fn validate(&self, bounds: &SpecBounds) -> Result<(), SpecError> {
+        if self.module_size == 0 || self.module_size > bounds.max_module_bytes {
+            return Err(field_err(
+                "module_size",
+                self.module_size,
+                format!("1..={} bytes", bounds.max_module_bytes),
+            ));
+        }
+        if self.input_size > bounds.max_input_bytes {
+            return Err(field_err(
+                "input_size",
+                self.input_size,
+                format!("at most {} bytes", bounds.max_input_bytes),
+            ));
+        }
+        if self.args.len() > bounds.max_args {
+            return Err(field_err(
+                "args",
+                format!("{} arguments", self.args.len()),
+                format!("at most {}", bounds.max_args),
+            ));
+        }
+        if let Some(a) = self.args.iter().find(|a| a.len() > bounds.max_arg_len) {
+            return Err(field_err(
+                "args",
+                format!("an argument of {} bytes", a.len()),
+                format!("arguments of at most {} bytes", bounds.max_arg_len),
+            ));
+        }
+        if self.capabilities.len() > bounds.max_capabilities
+            || self.capabilities.iter().any(|c| c.is_empty() || c.len() > 64)
+        {
+            return Err(field_err(
+                "capabilities",
+                format!("{:?}", self.capabilities),
+                format!(
+                    "at most {} tags of 1..=64 bytes",
+                    bounds.max_capabilities
+                ),
+            ));
+        }
+        if self.redundancy == 0 || self.redundancy > bounds.max_redundancy {
+            return Err(field_err(
+                "redundancy",
+                self.redundancy,
+                format!("1..={}", bounds.max_redundancy),
+            ));
+        }
+        let l = &self.limits;
+        if l.fuel == 0 {
+            return Err(field_err("limits.fuel", l.fuel, "more than 0"));
+        }
+        if l.memory_bytes < 65_536 || l.memory_bytes > bounds.max_memory_bytes {
+            return Err(field_err(
+                "limits.memory_bytes",
+                l.memory_bytes,
+                format!("65536..={} (one wasm page up to the node's cap)", bounds.max_memory_bytes),
+            ));
+        }
+        if l.wall_time_ms == 0 || l.wall_time_ms > bounds.max_wall_time_ms {
+            return Err(field_err(
+                "limits.wall_time_ms",
+                l.wall_time_ms,
+                format!("1..={}", bounds.max_wall_time_ms),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A job spec signed by its submitter.
+pub type SignedJob = Signed<JobSpec>;
+
+/// The id of a signed job.
+pub fn job_id(job: &SignedJob) -> JobId {
+    job.digest()
+}
+
+/// A worker's offer to run a job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Bid {
+    /// The job bid on.
+    pub job_id: JobId,
+    /// The price asked for one execution.
+    pub price: u64,
+    /// Executor slots free when bidding.
+    pub free_slots: u32,
+    /// Executor slots in all.
+    pub total_slots: u32,
+}
+
+impl Domain for Bid {
+    const DOMAIN: &'static str = "agora/bid/1";
+}
+
+/// The submitter's grant of a job to one worker, until `expires_ms`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The signed job, so the worker can check it independently of gossip.
+    pub job: SignedJob,
+    /// The price agreed (the worker's bid).
+    pub price: u64,
+    /// When the submitter stops waiting for this worker's result.
+    pub expires_ms: UnixMillis,
+}
+
+/// How an execution ended, as compared between replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The module ran to completion (or `proc_exit`).
+    Completed {
+        /// The process exit code.
+        exit_code: i32,
+        /// blake3 of stdout.
+        output_hash: Hash,
+        /// Fuel consumed.
+        fuel_used: u64,
+    },
+    /// The module broke a limit or trapped. `kind` is a short stable tag (`fuel`, `memory`,
+    /// `wall_time`, `output`, `trap`, `invalid_module`); `detail` is for people.
+    Failed {
+        /// Stable tag for comparison.
+        kind: String,
+        /// Human-readable reason.
+        detail: String,
+    },
+}
+
+impl Outcome {
+    /// The value replicas must agree on: the output hash and exit code, or the failure kind.
+    /// Fuel is excluded: it is reported, not compared, so that a worker cannot be outvoted for a
+    /// metering difference alone.
+    pub fn verdict(&self) -> Hash {
+        match self {
+            Outcome::Completed {
+                exit_code,
+                output_hash,
+                ..
+            } => {
+                let mut b = Vec::with_capacity(40);
+                b.extend_from_slice(b"ok");
+                b.extend_from_slice(&exit_code.to_be_bytes());
+                b.extend_from_slice(output_hash.as_bytes());
+                Hash::of(&b)
+            }
+            Outcome::Failed { kind, .. } => Hash::of(format!("failed:{kind}").as_bytes()),
+        }
+    }
+}
+
+/// A worker's signed report of one execution.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WorkResult {
+    /// The job run.
+    pub job_id: JobId,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The stdout bytes (empty on failure). Their hash must equal the outcome's `output_hash`.
+    pub output: Vec<u8>,
+}
+
+impl Domain for WorkResult {
+    const DOMAIN: &'static str = "agora/result/1";
+}
+
+impl WorkResult {
+    /// Checks that `output` matches the hash it claims.
+    pub fn output_matches(&self) -> bool {
+        match &self.outcome {
+            Outcome::Completed { output_hash, .. } => Hash::of(&self.output) == *output_hash,
+            Outcome::Failed { .. } => self.output.is_empty(),
+        }
+    }
+}
+
+/// What a node offers, gossiped periodically on `agora/capabilities/1`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CapabilityAd {
+    /// The execution engine, e.g. `wasmtime-48`.
+    pub engine: String,
+    /// Capability tags this node satisfies (e.g. `wasm`).
+    pub capabilities: Vec<String>,
+    /// CPU cores.
+    pub cores: u32,
+    /// Memory it will give one job, in bytes.
+    pub memory_bytes: u64,
+    /// Executor slots free now.
+    pub free_slots: u32,
+    /// Executor slots in all.
+    pub total_slots: u32,
+    /// Its price for one execution.
+    pub price: u64,
+    /// Software version.
+    pub version: String,
+    /// A sequence number, increasing per node, so stale ads are ignored.
+    pub seq: u64,
+}
+
+impl Domain for CapabilityAd {
+    const DOMAIN: &'static str = "agora/capability/1";
+}
+
+/// A job's verified outcome, gossiped on `agora/results/1` by its submitter.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ResultNotice {
+    /// The job.
+    pub job_id: JobId,
+    /// The verdict the quorum agreed on.
+    pub verdict: Hash,
+    /// The workers in the quorum.
+    pub workers: Vec<PeerId>,
+}
+
+impl Domain for ResultNotice {
+    const DOMAIN: &'static str = "agora/result-notice/1";
+}
+
+/// A change of one peer's reputation as seen by the signer, on `agora/reputation/1`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReputationUpdate {
+    /// Whose reputation changed.
+    pub subject: PeerId,
+    /// The named action (see the market's `ReputationAction`).
+    pub action: String,
+    /// The signed change.
+    pub delta: i64,
+    /// The job it concerns, if any.
+    pub job_id: Option<JobId>,
+}
+
+impl Domain for ReputationUpdate {
+    const DOMAIN: &'static str = "agora/reputation/1";
+}
+
+/// A node's periodic health beacon, on `agora/health/1`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// Seconds since the node started.
+    pub uptime_s: u64,
+    /// Connected peers.
+    pub connected_peers: u32,
+    /// Jobs executing now.
+    pub running_jobs: u32,
+}
+
+impl Domain for Health {
+    const DOMAIN: &'static str = "agora/health/1";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Keypair;
+
+    pub(crate) fn spec() -> JobSpec {
+        JobSpec {
+            module: Hash::of(b"m"),
+            module_size: 10,
+            input: Hash::of(b""),
+            input_size: 0,
+            args: vec![],
+            limits: JobLimits::default(),
+            capabilities: vec!["wasm".into()],
+            redundancy: 3,
+            max_price: 100,
+            deadline_ms: 0,
+            nonce: 1,
+        }
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let b = SpecBounds::default();
+        spec().validate(&b).unwrap();
+        let mut s = spec();
+        s.redundancy = 0;
+        let e = s.validate(&b).unwrap_err().to_string();
+        assert!(e.contains("redundancy"), "{e}");
+        let mut s = spec();
+        s.limits.memory_bytes = 4 << 30;
+        assert!(s.validate(&b).unwrap_err().to_string().contains("memory_bytes"));
+    }
+
+    #[test]
+    fn job_id_changes_with_nonce() {
+        let kp = Keypair::generate_ed25519();
+        let a = Signed::sign(&kp, spec(), 1).unwrap();
+        let mut s2 = spec();
+        s2.nonce = 2;
+        let b = Signed::sign(&kp, s2, 1).unwrap();
+        assert_ne!(job_id(&a), job_id(&b));
+    }
+
+    #[test]
+    fn verdict_ignores_fuel_but_not_output() {
+        let a = Outcome::Completed {
+            exit_code: 0,
+            output_hash: Hash::of(b"x"),
+            fuel_used: 1,
+        };
+        let b = Outcome::Completed {
+            exit_code: 0,
+            output_hash: Hash::of(b"x"),
+            fuel_used: 2,
+        };
+        let c = Outcome::Completed {
+            exit_code: 0,
+            output_hash: Hash::of(b"y"),
+            fuel_used: 1,
+        };
+        assert_eq!(a.verdict(), b.verdict());
+        assert_ne!(a.verdict(), c.verdict());
+    }
+}
