@@ -29,6 +29,8 @@ use crate::metrics::NetMetrics;
 use crate::peers::PeerBook;
 use crate::{Config, NetError};
 
+type ProvidersReply = oneshot::Sender<Result<Vec<PeerId>, NetError>>;
+
 type Reply = (
     Option<Response>,
     request_response::ResponseChannel<Response>,
@@ -45,7 +47,7 @@ pub(crate) struct Actor {
     pub peers: PeerBook,
     pub pending_requests:
         HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
-    pub pending_providers: HashMap<kad::QueryId, (Vec<PeerId>, oneshot::Sender<Result<Vec<PeerId>, NetError>>)>,
+    pub pending_providers: HashMap<kad::QueryId, (Vec<PeerId>, ProvidersReply)>,
     pub replies: FuturesUnordered<BoxFuture<'static, Reply>>,
 }
 
@@ -81,7 +83,10 @@ impl Actor {
     }
 
     async fn shutdown(&mut self) {
-        info!("network shutting down: closing {} connections", self.peers.len());
+        info!(
+            "network shutting down: closing {} connections",
+            self.peers.len()
+        );
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for p in peers {
             let _ = self.swarm.disconnect_peer_id(p);
@@ -113,14 +118,19 @@ impl Actor {
             let mut addr = due.addr.clone();
             let opts = match due.peer {
                 Some(peer) => {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, due.addr.clone());
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, due.addr.clone());
                     addr.push(libp2p::multiaddr::Protocol::P2p(peer));
                     DialOpts::peer_id(peer)
                         .addresses(vec![due.addr.clone()])
                         .condition(PeerCondition::Always)
                         .build()
                 }
-                None => DialOpts::unknown_peer_id().address(due.addr.clone()).build(),
+                None => DialOpts::unknown_peer_id()
+                    .address(due.addr.clone())
+                    .build(),
             };
             let conn = opts.connection_id();
             match self.swarm.dial(opts) {
@@ -149,7 +159,9 @@ impl Actor {
                 let _ = reply.send(self.publish(&message));
             }
             Command::Request(peer, request, reply) => {
-                let size = codec::encode(&request).map(|b| b.len()).unwrap_or(usize::MAX);
+                let size = codec::encode(&request)
+                    .map(|b| b.len())
+                    .unwrap_or(usize::MAX);
                 if size > self.config.max_frame_bytes {
                     let _ = reply.send(Err(NetError::TooLarge {
                         len: size,
@@ -268,13 +280,11 @@ impl Actor {
                     self.forward(NetEvent::PeerConnected(peer_id));
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, .. } => {
-                if self.peers.disconnected(&peer_id) {
-                    debug!(%peer_id, "peer disconnected");
-                    self.metrics.connected_peers.set(self.peers.len() as i64);
-                    self.dialer.disconnected(&peer_id, Instant::now());
-                    self.forward(NetEvent::PeerDisconnected(peer_id));
-                }
+            SwarmEvent::ConnectionClosed { peer_id, .. } if self.peers.disconnected(&peer_id) => {
+                debug!(%peer_id, "peer disconnected");
+                self.metrics.connected_peers.set(self.peers.len() as i64);
+                self.dialer.disconnected(&peer_id, Instant::now());
+                self.forward(NetEvent::PeerDisconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -282,7 +292,11 @@ impl Actor {
                 peer_id,
             } => {
                 if let Some(f) = self.dialer.failed(connection_id, Instant::now()) {
-                    let what = if f.bootstrap { "bootstrap peer" } else { "static peer" };
+                    let what = if f.bootstrap {
+                        "bootstrap peer"
+                    } else {
+                        "static peer"
+                    };
                     warn!(
                         addr = %f.addr,
                         attempts = f.failures,
@@ -294,7 +308,11 @@ impl Actor {
                     debug!(?peer_id, error = %short_dial_error(&error), "dial failed");
                 }
             }
-            SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
+            SwarmEvent::IncomingConnectionError {
+                error,
+                send_back_addr,
+                ..
+            } => {
                 debug!(%send_back_addr, %error, "incoming connection failed");
             }
             _ => {}
@@ -365,28 +383,31 @@ impl Actor {
 
     fn on_kad_event(&mut self, event: kad::Event) {
         match event {
-            kad::Event::RoutingUpdated { peer, .. } => {
-                if !self.swarm.is_connected(&peer) && self.peers.len() < self.config.target_peers {
-                    let _ = self.swarm.dial(
-                        DialOpts::peer_id(peer)
-                            .condition(PeerCondition::DisconnectedAndNotDialing)
-                            .build(),
-                    );
-                }
+            kad::Event::RoutingUpdated { peer, .. }
+                if !self.swarm.is_connected(&peer)
+                    && self.peers.len() < self.config.target_peers =>
+            {
+                let _ = self.swarm.dial(
+                    DialOpts::peer_id(peer)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build(),
+                );
             }
-            kad::Event::OutboundQueryProgressed { id, result, step, .. } => {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => {
                 if let kad::QueryResult::GetProviders(r) = result {
-                    if let Some((found, _)) = self.pending_providers.get_mut(&id) {
-                        if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r {
-                            found.extend(providers);
-                            found.sort();
-                            found.dedup();
-                        }
+                    if let Some((found, _)) = self.pending_providers.get_mut(&id)
+                        && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r
+                    {
+                        found.extend(providers);
+                        found.sort();
+                        found.dedup();
                     }
-                    if step.last {
-                        if let Some((found, reply)) = self.pending_providers.remove(&id) {
-                            let _ = reply.send(Ok(found));
-                        }
+                    if step.last
+                        && let Some((found, reply)) = self.pending_providers.remove(&id)
+                    {
+                        let _ = reply.send(Ok(found));
                     }
                 } else if let kad::QueryResult::Bootstrap(Err(e)) = result {
                     debug!(error = %e, "kademlia bootstrap step failed");
@@ -396,12 +417,7 @@ impl Actor {
         }
     }
 
-    fn on_gossip(
-        &mut self,
-        via: PeerId,
-        id: gossipsub::MessageId,
-        message: gossipsub::Message,
-    ) {
+    fn on_gossip(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let verdict = validate_gossip(&message);
         let acceptance = match &verdict {
             Ok(_) => gossipsub::MessageAcceptance::Accept,
@@ -426,7 +442,10 @@ impl Actor {
         }
     }
 
-    fn on_rr_event(&mut self, event: request_response::Event<agora_types::wire::Request, Response>) {
+    fn on_rr_event(
+        &mut self,
+        event: request_response::Event<agora_types::wire::Request, Response>,
+    ) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -452,7 +471,10 @@ impl Actor {
                 }
             },
             request_response::Event::OutboundFailure {
-                request_id, error, peer, ..
+                request_id,
+                error,
+                peer,
+                ..
             } => {
                 self.metrics.requests_failed.inc();
                 if let Some(reply) = self.pending_requests.remove(&request_id) {

@@ -33,7 +33,10 @@ impl Codec {
         self.refused.inc();
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {} bytes", self.max_frame),
+            format!(
+                "frame of {len} bytes exceeds the limit of {} bytes",
+                self.max_frame
+            ),
         )
     }
 

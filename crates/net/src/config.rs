@@ -53,7 +53,9 @@ impl Config {
         Config {
             listen: vec![
                 "/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr"),
-                "/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("static multiaddr"),
+                "/ip4/127.0.0.1/udp/0/quic-v1"
+                    .parse()
+                    .expect("static multiaddr"),
             ],
             bootstrap: vec![],
             static_peers: vec![],
@@ -78,7 +80,9 @@ impl Config {
         Config {
             listen: vec![
                 "/ip4/0.0.0.0/tcp/7470".parse().expect("static multiaddr"),
-                "/ip4/0.0.0.0/udp/7470/quic-v1".parse().expect("static multiaddr"),
+                "/ip4/0.0.0.0/udp/7470/quic-v1"
+                    .parse()
+                    .expect("static multiaddr"),
             ],
             mdns: true,
             kad_bootstrap_interval: Duration::from_secs(300),

@@ -194,18 +194,33 @@ mod tests {
         assert!(d.due(now).is_empty());
         assert_eq!(d.due(now + Duration::from_millis(100)).len(), 1);
         d.dialing(0, c);
-        assert_eq!(d.failed(c, now).unwrap().retry_in, Duration::from_millis(200));
+        assert_eq!(
+            d.failed(c, now).unwrap().retry_in,
+            Duration::from_millis(200)
+        );
         d.dialing(0, c);
-        assert_eq!(d.failed(c, now).unwrap().retry_in, Duration::from_millis(300));
+        assert_eq!(
+            d.failed(c, now).unwrap().retry_in,
+            Duration::from_millis(300)
+        );
         d.dialing(0, c);
-        assert_eq!(d.failed(c, now).unwrap().retry_in, Duration::from_millis(300));
+        assert_eq!(
+            d.failed(c, now).unwrap().retry_in,
+            Duration::from_millis(300)
+        );
         d.dialing(0, c);
         d.established(c, PeerId::random());
         assert!(!d.bootstrap_pending());
 
         let p = PeerId::random();
         let s: Multiaddr = format!("/ip4/127.0.0.1/tcp/2/p2p/{p}").parse().unwrap();
-        let mut d = Dialer::new(&[], &[s], Duration::from_millis(50), Duration::from_secs(1), now);
+        let mut d = Dialer::new(
+            &[],
+            &[s],
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+            now,
+        );
         let due = d.due(now);
         assert_eq!(due[0].peer, Some(p));
         d.dialing(0, c);

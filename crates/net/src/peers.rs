@@ -18,8 +18,8 @@ pub struct PeerInfo {
     pub addresses: Vec<Multiaddr>,
     /// Last ping round trip, in milliseconds.
     pub rtt_ms: Option<f64>,
-    /// When the first open connection was established.
-    pub connected_since_ms: UnixMillis,
+    /// When the first open connection was established (Unix milliseconds).
+    pub connected_since: UnixMillis,
     /// Its Identify agent string, once known.
     pub agent: Option<String>,
 }
@@ -63,7 +63,7 @@ impl PeerBook {
             peer_id: peer,
             addresses: vec![],
             rtt_ms: None,
-            connected_since_ms: now,
+            connected_since: now,
             agent: None,
         });
         if !info.addresses.contains(&remote) {

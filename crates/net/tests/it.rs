@@ -19,8 +19,12 @@ async fn start(bootstrap: Vec<Multiaddr>, tweak: impl FnOnce(&mut Config)) -> No
     config.bootstrap = bootstrap;
     config.kad_bootstrap_interval = Duration::from_secs(2);
     tweak(&mut config);
-    let Network { handle, events, .. } =
-        agora_net::spawn(Keypair::generate_ed25519(), config, &mut Registry::default()).unwrap();
+    let Network { handle, events, .. } = agora_net::spawn(
+        Keypair::generate_ed25519(),
+        config,
+        &mut Registry::default(),
+    )
+    .unwrap();
     let addr = loop {
         let s = handle.status().await.unwrap();
         if let Some(a) = s.listen_addresses.first() {
@@ -117,7 +121,11 @@ async fn ten_nodes_discover_each_other_and_gossip_reaches_all() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "gossip from node 9 did not reach: {:?}",
-            got.iter().enumerate().filter(|(_, g)| !**g).map(|(i, _)| i).collect::<Vec<_>>()
+            got.iter()
+                .enumerate()
+                .filter(|(_, g)| !**g)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
         );
         n += 1;
         handles[9]
@@ -154,7 +162,10 @@ async fn request_response_round_trip_and_oversized_frame_refused() {
     })
     .await;
 
-    let r = bh.request(a_id, Request::Echo(b"ping".to_vec())).await.unwrap();
+    let r = bh
+        .request(a_id, Request::Echo(b"ping".to_vec()))
+        .await
+        .unwrap();
     assert_eq!(r, Response::Echo(b"ping".to_vec()));
 
     // b may send 10 KiB, but a refuses any frame over 4 KiB: the request fails.
@@ -172,7 +183,10 @@ async fn request_response_round_trip_and_oversized_frame_refused() {
     assert!(err.to_string().contains("exceeds the limit"), "{err}");
 
     // The connection survives, and a normal request still works.
-    let r = bh.request(a_id, Request::Echo(b"again".to_vec())).await.unwrap();
+    let r = bh
+        .request(a_id, Request::Echo(b"again".to_vec()))
+        .await
+        .unwrap();
     assert_eq!(r, Response::Echo(b"again".to_vec()));
 }
 

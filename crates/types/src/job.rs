@@ -157,15 +157,15 @@ impl JobSpec {
             ));
         }
         if self.capabilities.len() > bounds.max_capabilities
-            || self.capabilities.iter().any(|c| c.is_empty() || c.len() > 64)
+            || self
+                .capabilities
+                .iter()
+                .any(|c| c.is_empty() || c.len() > 64)
         {
             return Err(field_err(
                 "capabilities",
                 format!("{:?}", self.capabilities),
-                format!(
-                    "at most {} tags of 1..=64 bytes",
-                    bounds.max_capabilities
-                ),
+                format!("at most {} tags of 1..=64 bytes", bounds.max_capabilities),
             ));
         }
         if self.redundancy == 0 || self.redundancy > bounds.max_redundancy {
@@ -183,7 +183,10 @@ impl JobSpec {
             return Err(field_err(
                 "limits.memory_bytes",
                 l.memory_bytes,
-                format!("65536..={} (one wasm page up to the node's cap)", bounds.max_memory_bytes),
+                format!(
+                    "65536..={} (one wasm page up to the node's cap)",
+                    bounds.max_memory_bytes
+                ),
             ));
         }
         if l.wall_time_ms == 0 || l.wall_time_ms > bounds.max_wall_time_ms {
@@ -407,7 +410,12 @@ mod tests {
         assert!(e.contains("redundancy"), "{e}");
         let mut s = spec();
         s.limits.memory_bytes = 4 << 30;
-        assert!(s.validate(&b).unwrap_err().to_string().contains("memory_bytes"));
+        assert!(
+            s.validate(&b)
+                .unwrap_err()
+                .to_string()
+                .contains("memory_bytes")
+        );
     }
 
     #[test]

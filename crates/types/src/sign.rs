@@ -91,7 +91,11 @@ pub fn peer_id_of(signer: &[u8; 32]) -> Result<PeerId, SignError> {
 
 impl<T: Serialize + DeserializeOwned + Domain> Signed<T> {
     /// Signs `payload` with `keypair` at `timestamp_ms`.
-    pub fn sign(keypair: &Keypair, payload: T, timestamp_ms: UnixMillis) -> Result<Self, SignError> {
+    pub fn sign(
+        keypair: &Keypair,
+        payload: T,
+        timestamp_ms: UnixMillis,
+    ) -> Result<Self, SignError> {
         let signer = ed25519_public(keypair)?;
         let bytes = signing_bytes(&payload, &signer, timestamp_ms)?;
         let signature = keypair.sign(&bytes).map_err(|_| SignError::NotEd25519)?;
@@ -105,7 +109,8 @@ impl<T: Serialize + DeserializeOwned + Domain> Signed<T> {
 
     /// Checks the signature. Say nothing about the timestamp: see [`Signed::verify_fresh`].
     pub fn verify(&self) -> Result<(), SignError> {
-        let key = ed25519::PublicKey::try_from_bytes(&self.signer).map_err(|_| SignError::BadKey)?;
+        let key =
+            ed25519::PublicKey::try_from_bytes(&self.signer).map_err(|_| SignError::BadKey)?;
         let bytes = signing_bytes(&self.payload, &self.signer, self.timestamp_ms)?;
         if key.verify(&bytes, &self.signature) {
             Ok(())

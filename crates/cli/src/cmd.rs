@@ -1,0 +1,140 @@
+//! The command line: every subcommand and its flags.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{client, devnet, run_node};
+
+/// Agora: a peer-to-peer compute network. Every node is worker and coordinator at once.
+///
+/// Start a local network of 5 nodes with `agora devnet`, or join a network with
+/// `agora node --bootstrap /ip4/1.2.3.4/tcp/7470/p2p/12D3Koo...`.
+#[derive(Parser, Debug)]
+#[command(name = "agora", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create this node's identity key in the data directory (if absent) and print its peer id.
+    Init(DataDirArgs),
+    /// Print this node's peer id (creating the identity if absent).
+    Id(DataDirArgs),
+    /// Run a node until Ctrl-C or SIGTERM.
+    Node(Box<NodeArgs>),
+    /// Run a local network of N nodes as child processes on loopback, and show what they see.
+    Devnet(devnet::DevnetArgs),
+    /// Show a running node's status.
+    Status(ClientArgs),
+    /// List a running node's connected peers.
+    Peers(ClientArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DataDirArgs {
+    /// Where the node keeps its identity, database and blobs [default: ~/.local/share/agora].
+    #[arg(long, env = "AGORA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The node's HTTP API.
+    #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
+    pub api: String,
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `agora node`. Each may also come from an `AGORA_*` variable or the TOML file given
+/// with --config; a flag wins over its variable, which wins over the file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NodeArgs {
+    /// A TOML configuration file (keys as the long flags, with underscores).
+    #[arg(long, env = "AGORA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Named defaults: `local` (devnet on this machine) or `production`.
+    #[arg(long, env = "AGORA_PRESET")]
+    pub preset: Option<String>,
+    /// Where the node keeps its identity, database and blobs.
+    #[arg(long, env = "AGORA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A multiaddr to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/7470 or /ip4/0.0.0.0/udp/7470/quic-v1.
+    #[arg(long, env = "AGORA_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<String>,
+    /// A bootstrap peer's multiaddr (repeatable); retried with backoff until it answers.
+    #[arg(long, env = "AGORA_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<String>,
+    /// A peer to keep connected at all times (repeatable).
+    #[arg(
+        long = "static-peer",
+        env = "AGORA_STATIC_PEERS",
+        value_delimiter = ','
+    )]
+    pub static_peers: Vec<String>,
+    /// The HTTP API address, HOST:PORT [default: 127.0.0.1:7460].
+    #[arg(long, env = "AGORA_API")]
+    pub api: Option<String>,
+    /// Turn off mDNS discovery on the LAN.
+    #[arg(long, env = "AGORA_NO_MDNS")]
+    pub no_mdns: bool,
+    /// Log format: `text` or `json`. The level comes from RUST_LOG (default: info).
+    #[arg(long, env = "AGORA_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Price asked per execution.
+    #[arg(long, env = "AGORA_PRICE")]
+    pub price: Option<u64>,
+    /// Concurrent executions (0: one per core).
+    #[arg(long, env = "AGORA_EXECUTOR_SLOTS")]
+    pub executor_slots: Option<usize>,
+    /// Exit when the parent process dies (used by `agora devnet`).
+    #[arg(long, hide = true)]
+    pub exit_with_parent: bool,
+    /// Test only: act as a Byzantine worker that returns corrupted outputs.
+    #[arg(long, hide = true)]
+    pub byzantine: bool,
+}
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init(a) => identity(a, true),
+        Command::Id(a) => identity(a, false),
+        Command::Node(a) => run_node::run(*a),
+        Command::Devnet(a) => devnet::run(a),
+        Command::Status(a) => client::status(&a),
+        Command::Peers(a) => client::peers(&a),
+    }
+}
+
+fn identity(a: DataDirArgs, init: bool) -> Result<ExitCode> {
+    let dir = a
+        .data_dir
+        .unwrap_or_else(agora_node::config::default_data_dir);
+    let (key, created) = agora_node::identity::load_or_create(&dir)
+        .with_context(|| format!("cannot set up the identity in {}", dir.display()))?;
+    let peer_id = key.public().to_peer_id();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"peer_id": peer_id.to_string(), "created": created, "data_dir": dir})
+        );
+    } else if init {
+        if created {
+            println!("created identity {peer_id} in {}", dir.display());
+        } else {
+            println!("already initialized: {peer_id} in {}", dir.display());
+        }
+    } else {
+        println!("{peer_id}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,308 @@
+//! `agora devnet`: N real `agora node` processes on loopback, watched live.
+//!
+//! Each node gets a fresh data directory, free ports and no mDNS; node 0 is every other node's
+//! bootstrap peer, so discovery runs through the DHT. A live table on stderr shows each node's
+//! peers until Ctrl-C or the end of `--duration`; then every child is stopped (SIGTERM, then
+//! SIGKILL after 5 s) and, with `--json`, the last line on stdout is a one-line JSON summary.
+//! Children also die with the devnet process itself (parent-death signal), so none is left behind.
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::client::Api;
+
+#[derive(Args, Debug)]
+pub struct DevnetArgs {
+    /// How many nodes to run (1..=64).
+    #[arg(long, default_value_t = 5)]
+    pub nodes: usize,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Print a one-line JSON summary as the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the nodes' data directories (and logs) after stopping.
+    #[arg(long)]
+    pub keep: bool,
+    /// Where to put the nodes' data directories (default: a fresh temporary directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub(crate) struct Child_ {
+    pub index: usize,
+    pub peer_id: String,
+    pub api: String,
+    pub dir: PathBuf,
+    pub child: Child,
+}
+
+fn free_tcp_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn log_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+/// Starts `n` nodes under `base`, node 0 as everyone's bootstrap peer. `extra(i)` adds flags.
+pub(crate) async fn spawn_nodes(
+    base: &Path,
+    n: usize,
+    extra: impl Fn(usize) -> Vec<String>,
+) -> Result<Vec<Child_>> {
+    let exe = std::env::current_exe().context("cannot find the agora executable")?;
+    let mut nodes: Vec<Child_> = Vec::with_capacity(n);
+    let mut bootstrap: Option<String> = None;
+    for i in 0..n {
+        let dir = base.join(format!("node-{i}"));
+        let (key, _) = agora_node::identity::load_or_create(&dir)?;
+        let peer_id = key.public().to_peer_id().to_string();
+        let tcp = free_tcp_port()?;
+        let udp = free_udp_port()?;
+        let api = format!("127.0.0.1:{}", free_tcp_port()?);
+        let log = std::fs::File::create(dir.join("node.log"))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("node")
+            .arg("--preset=local")
+            .arg(format!("--data-dir={}", dir.display()))
+            .arg(format!("--listen=/ip4/127.0.0.1/tcp/{tcp}"))
+            .arg(format!("--listen=/ip4/127.0.0.1/udp/{udp}/quic-v1"))
+            .arg(format!("--api={api}"))
+            .arg("--no-mdns")
+            .arg("--exit-with-parent");
+        if let Some(b) = &bootstrap {
+            cmd.arg(format!("--bootstrap={b}"));
+        }
+        cmd.args(extra(i));
+        // The children read their configuration from flags only.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("AGORA_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = cmd.spawn().context("cannot start an agora node process")?;
+        if i == 0 {
+            bootstrap = Some(format!("/ip4/127.0.0.1/tcp/{tcp}/p2p/{peer_id}"));
+        }
+        nodes.push(Child_ {
+            index: i,
+            peer_id,
+            api,
+            dir,
+            child,
+        });
+    }
+    // Wait for every API to answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in &mut nodes {
+        let api = Api::new(&node.api)?;
+        loop {
+            if let Some(status) = node.child.try_wait()? {
+                bail!(
+                    "node {} exited at start ({status}); its log, {}:\n{}",
+                    node.index,
+                    node.dir.join("node.log").display(),
+                    log_tail(&node.dir)
+                );
+            }
+            if api.get_json("/v1/status").await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} did not answer on {} within 30 s; see {}",
+                    node.index,
+                    node.api,
+                    node.dir.join("node.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(nodes)
+}
+
+/// Stops every child: SIGTERM, then SIGKILL for any still running after 5 s.
+pub(crate) async fn stop_nodes(nodes: &mut [Child_]) {
+    for n in nodes.iter() {
+        if let Some(pid) = n.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for n in nodes.iter_mut() {
+        match tokio::time::timeout_at(deadline, n.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                let _ = n.child.kill().await;
+            }
+        }
+    }
+}
+
+/// Each node's status, or `null` where it does not answer.
+pub(crate) async fn statuses(nodes: &[Child_]) -> Vec<Value> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        let s = match Api::new(&n.api) {
+            Ok(api) => api.get_json("/v1/status").await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        out.push(s);
+    }
+    out
+}
+
+pub fn run(a: DevnetArgs) -> Result<ExitCode> {
+    if a.nodes == 0 || a.nodes > 64 {
+        bail!("--nodes {} is out of range: choose 1..=64", a.nodes);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(a))
+}
+
+async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
+    let (base, temp) = match &a.data_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!(
+                "agora-devnet-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            )),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&base)?;
+    eprintln!(
+        "starting {} nodes in {} (Ctrl-C to stop)",
+        a.nodes,
+        base.display()
+    );
+    let mut nodes = spawn_nodes(&base, a.nodes, |_| vec![]).await?;
+
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>8} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let header = multi.add(ProgressBar::new_spinner());
+    header.set_style(style.clone());
+    header.set_prefix("devnet");
+    let rows: Vec<ProgressBar> = nodes
+        .iter()
+        .map(|n| {
+            let b = multi.add(ProgressBar::new_spinner());
+            b.set_style(style.clone());
+            b.set_prefix(format!("node {}", n.index));
+            b
+        })
+        .collect();
+
+    let started = Instant::now();
+    let end = a.duration.map(|d| started + Duration::from_secs(d));
+    let signal = crate::run_node::wait_for_signal();
+    tokio::pin!(signal);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut early_exit: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = tick.tick() => {}
+        }
+        for n in nodes.iter_mut() {
+            if let Ok(Some(status)) = n.child.try_wait() {
+                early_exit = Some(format!(
+                    "node {} exited unexpectedly ({status}); its log, {}:\n{}",
+                    n.index,
+                    n.dir.join("node.log").display(),
+                    log_tail(&n.dir)
+                ));
+            }
+        }
+        if early_exit.is_some() {
+            break;
+        }
+        let st = statuses(&nodes).await;
+        for ((n, s), row) in nodes.iter().zip(&st).zip(&rows) {
+            row.set_message(format!(
+                "{}  api {}  peers {}/{}  routing {}",
+                n.peer_id,
+                n.api,
+                s["connected_peers"]
+                    .as_u64()
+                    .map_or("?".into(), |v| v.to_string()),
+                nodes.len() - 1,
+                s["routing_table_size"]
+                    .as_u64()
+                    .map_or("?".into(), |v| v.to_string()),
+            ));
+        }
+        let elapsed = started.elapsed().as_secs();
+        header.set_message(match a.duration {
+            Some(d) => format!("{} nodes, {elapsed}/{d} s", nodes.len()),
+            None => format!("{} nodes, {elapsed} s (Ctrl-C to stop)", nodes.len()),
+        });
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+    }
+
+    let final_statuses = statuses(&nodes).await;
+    header.set_message("stopping nodes");
+    stop_nodes(&mut nodes).await;
+    let _ = multi.clear();
+
+    let summary: Vec<Value> = nodes
+        .iter()
+        .zip(&final_statuses)
+        .map(|(n, s)| {
+            json!({
+                "peer_id": n.peer_id,
+                "api": n.api,
+                "connected_peers": s["connected_peers"].as_u64(),
+            })
+        })
+        .collect();
+    for (n, s) in nodes.iter().zip(&final_statuses) {
+        eprintln!(
+            "node {}  {}  peers {}",
+            n.index, n.peer_id, s["connected_peers"]
+        );
+    }
+    if temp && !a.keep && early_exit.is_none() {
+        let _ = std::fs::remove_dir_all(&base);
+    } else {
+        eprintln!("data directories and logs kept in {}", base.display());
+    }
+    if a.json {
+        println!("{}", json!({ "nodes": summary }));
+    }
+    if let Some(e) = early_exit {
+        bail!(e);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,52 @@
+//! Process-level: `agora devnet` starts real node processes that discover each other through the
+//! DHT, reports them in one JSON line, and leaves no process behind.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = entry.path().join("cmdline");
+        if let Ok(bytes) = std::fs::read(&cmdline) {
+            let text = String::from_utf8_lossy(&bytes).replace('\0', " ");
+            if text.contains(needle) && text.contains(" node ") {
+                out.push(text);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn slow_scenario_devnet_five_nodes_all_connected_and_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("devnet");
+    let out = Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args([
+            "devnet",
+            "--nodes",
+            "5",
+            "--duration",
+            "15",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(&base)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "devnet failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last = stdout.lines().last().expect("no output");
+    let v: Value = serde_json::from_str(last).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 5);
+    for n in nodes {
+        assert_eq!(n["connected_peers"], 4, "{last}\n{stderr}");
+        assert!(n["peer_id"].as_str().unwrap().starts_with("12D3Koo"));
+    }
+    let left = processes_mentioning(base.to_str().unwrap());
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}

@@ -1,0 +1,346 @@
+//! The node's user-facing configuration: a TOML file, `AGORA_*` variables and flags.
+//!
+//! Layering, lowest first: the named preset (`local` or `production`), the TOML file, then
+//! the environment and flags (the CLI merges those two; a flag wins over its variable). Every
+//! value is validated once, in [`NodeConfig::validate`], and a bad one is reported as a single
+//! line naming the field, the value, and what would be valid.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use agora_net::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+/// A named set of defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// A devnet on this machine: loopback, ephemeral ports, no mDNS, fast timers.
+    #[default]
+    Local,
+    /// A node on a real network: all interfaces, port 7470, mDNS on, slower timers.
+    Production,
+}
+
+impl FromStr for Preset {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "local" => Ok(Preset::Local),
+            "production" => Ok(Preset::Production),
+            other => Err(ConfigError::field(
+                "preset",
+                other,
+                "`local` or `production`",
+            )),
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(ConfigError::field("log_format", other, "`text` or `json`")),
+        }
+    }
+}
+
+/// A configuration error: one line, naming the field, the value and what would be valid.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A field has a bad value.
+    #[error("invalid config: `{field}` = `{value}`: expected {expected}")]
+    Field {
+        /// Its name, as in the TOML file.
+        field: String,
+        /// The value given.
+        value: String,
+        /// What would be valid.
+        expected: String,
+    },
+    /// The TOML file could not be read or parsed.
+    #[error("cannot read config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// An error about `field`.
+    pub fn field(
+        field: impl Into<String>,
+        value: impl ToString,
+        expected: impl Into<String>,
+    ) -> Self {
+        let value: String = value.to_string().chars().take(200).collect();
+        ConfigError::Field {
+            field: field.into(),
+            value,
+            expected: expected.into(),
+        }
+    }
+}
+
+/// The configuration as written by people: everything optional, strings for addresses. Unknown
+/// keys are refused, so a typo does not pass silently.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `local` or `production`.
+    pub preset: Option<Preset>,
+    /// Where the identity key, database and blobs live.
+    pub data_dir: Option<PathBuf>,
+    /// Multiaddrs to listen on.
+    pub listen: Option<Vec<String>>,
+    /// Multiaddrs of bootstrap peers.
+    pub bootstrap: Option<Vec<String>>,
+    /// Multiaddrs of peers to keep connected.
+    pub static_peers: Option<Vec<String>>,
+    /// Discover peers on the LAN.
+    pub mdns: Option<bool>,
+    /// HTTP API address, `HOST:PORT`.
+    pub api: Option<String>,
+    /// `text` or `json`.
+    pub log_format: Option<LogFormat>,
+    /// The most connections in all.
+    pub max_connections: Option<u32>,
+    /// Executor slots (concurrent jobs); 0 means one per core.
+    pub executor_slots: Option<usize>,
+    /// The price this node asks per execution.
+    pub price: Option<u64>,
+    /// Seconds between capability ads.
+    pub ad_interval_secs: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::File { reason, .. } => ConfigError::File {
+                path: path.display().to_string(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::File {
+            path: "<text>".into(),
+            reason: e.to_string().replace('\n', " "),
+        })
+    }
+
+    /// Overlays `other` on `self`: every field `other` sets wins.
+    pub fn overlay(self, other: FileConfig) -> FileConfig {
+        FileConfig {
+            preset: other.preset.or(self.preset),
+            data_dir: other.data_dir.or(self.data_dir),
+            listen: other.listen.or(self.listen),
+            bootstrap: other.bootstrap.or(self.bootstrap),
+            static_peers: other.static_peers.or(self.static_peers),
+            mdns: other.mdns.or(self.mdns),
+            api: other.api.or(self.api),
+            log_format: other.log_format.or(self.log_format),
+            max_connections: other.max_connections.or(self.max_connections),
+            executor_slots: other.executor_slots.or(self.executor_slots),
+            price: other.price.or(self.price),
+            ad_interval_secs: other.ad_interval_secs.or(self.ad_interval_secs),
+        }
+    }
+}
+
+/// The validated configuration the node runs with.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The preset it started from.
+    pub preset: Preset,
+    /// Where state lives.
+    pub data_dir: PathBuf,
+    /// The network's configuration.
+    pub net: agora_net::Config,
+    /// The HTTP API's address.
+    pub api: SocketAddr,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Concurrent executions.
+    pub executor_slots: usize,
+    /// Price per execution.
+    pub price: u64,
+    /// Time between capability ads and health beacons.
+    pub ad_interval: Duration,
+    /// Test only: return corrupted outputs (a Byzantine worker). Never set from a file.
+    pub byzantine: bool,
+}
+
+/// The default data directory: `$XDG_DATA_HOME/agora` or `~/.local/share/agora`, else `./agora-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("agora");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/share/agora");
+    }
+    PathBuf::from("agora-data")
+}
+
+fn parse_addrs(field: &str, values: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.parse::<Multiaddr>().map_err(|e| {
+                ConfigError::field(
+                    format!("{field}[{i}]"),
+                    v,
+                    format!("a multiaddr such as /ip4/127.0.0.1/tcp/7470 ({e})"),
+                )
+            })
+        })
+        .collect()
+}
+
+impl NodeConfig {
+    /// Validates a layered [`FileConfig`] into the configuration the node runs with.
+    pub fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
+        let preset = f.preset.unwrap_or_default();
+        let mut net = match preset {
+            Preset::Local => agora_net::Config::local(),
+            Preset::Production => agora_net::Config::production(),
+        };
+        if let Some(l) = &f.listen {
+            if l.is_empty() {
+                return Err(ConfigError::field("listen", "[]", "at least one multiaddr"));
+            }
+            net.listen = parse_addrs("listen", l)?;
+        }
+        if let Some(b) = &f.bootstrap {
+            net.bootstrap = parse_addrs("bootstrap", b)?;
+        }
+        if let Some(s) = &f.static_peers {
+            net.static_peers = parse_addrs("static_peers", s)?;
+        }
+        if let Some(m) = f.mdns {
+            net.mdns = m;
+        }
+        if let Some(m) = f.max_connections {
+            if m == 0 || m > 100_000 {
+                return Err(ConfigError::field("max_connections", m, "1..=100000"));
+            }
+            net.max_connections = m;
+        }
+        let api_text = f.api.clone().unwrap_or_else(|| "127.0.0.1:7460".into());
+        let api: SocketAddr = api_text.parse().map_err(|_| {
+            ConfigError::field(
+                "api",
+                &api_text,
+                "HOST:PORT with an IP host, e.g. 127.0.0.1:7460",
+            )
+        })?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let executor_slots = match f.executor_slots {
+            None | Some(0) => cores,
+            Some(n) if n <= 1024 => n,
+            Some(n) => {
+                return Err(ConfigError::field(
+                    "executor_slots",
+                    n,
+                    "0 (one per core) ..= 1024",
+                ));
+            }
+        };
+        let ad_secs = f.ad_interval_secs.unwrap_or(match preset {
+            Preset::Local => 2,
+            Preset::Production => 30,
+        });
+        if ad_secs == 0 || ad_secs > 3600 {
+            return Err(ConfigError::field("ad_interval_secs", ad_secs, "1..=3600"));
+        }
+        Ok(NodeConfig {
+            preset,
+            data_dir: f.data_dir.unwrap_or_else(default_data_dir),
+            net,
+            api,
+            log_format: f.log_format.unwrap_or_default(),
+            executor_slots,
+            price: f.price.unwrap_or(10),
+            ad_interval: Duration::from_secs(ad_secs),
+            byzantine: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_multiaddr_names_itself() {
+        let f = FileConfig {
+            bootstrap: Some(vec!["/ip4/127.0.0.1/tcp/1".into(), "not-an-addr".into()]),
+            ..Default::default()
+        };
+        let e = NodeConfig::validate(f).unwrap_err().to_string();
+        assert!(e.contains("bootstrap[1]"), "{e}");
+        assert!(e.contains("not-an-addr"), "{e}");
+        assert!(e.contains("multiaddr"), "{e}");
+        assert_eq!(e.lines().count(), 1);
+    }
+
+    #[test]
+    fn toml_layering_and_unknown_keys() {
+        let base = FileConfig::parse("preset = \"production\"\nprice = 5\n").unwrap();
+        let flags = FileConfig {
+            price: Some(7),
+            ..Default::default()
+        };
+        let c = NodeConfig::validate(base.overlay(flags)).unwrap();
+        assert_eq!(c.price, 7);
+        assert_eq!(c.preset, Preset::Production);
+        assert!(c.net.mdns);
+        let e = FileConfig::parse("prcie = 5").unwrap_err().to_string();
+        assert!(e.contains("prcie"), "{e}");
+    }
+
+    #[test]
+    fn bad_api_and_preset() {
+        let f = FileConfig {
+            api: Some("localhost".into()),
+            ..Default::default()
+        };
+        assert!(
+            NodeConfig::validate(f)
+                .unwrap_err()
+                .to_string()
+                .contains("`api`")
+        );
+        assert!("prod".parse::<Preset>().is_err());
+    }
+}
