@@ -38,18 +38,52 @@ impl Api {
         bail!("{} answered {status}: {msg}", self.base)
     }
 
+    fn unreachable(&self) -> String {
+        format!(
+            "cannot reach the node at {}; is `agora node` running? (set --api)",
+            self.base
+        )
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        Ok(self.check(r).await?.bytes().await?.to_vec())
+    }
+
+    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<Value> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .body(body)
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        Ok(self.check(r).await?.json().await?)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        Ok(self.check(r).await?.json().await?)
+    }
+
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         let r = self
             .http
             .get(format!("{}{path}", self.base))
             .send()
             .await
-            .with_context(|| {
-                format!(
-                    "cannot reach the node at {}; is `agora node` running? (set --api)",
-                    self.base
-                )
-            })?;
+            .with_context(|| self.unreachable())?;
         Ok(self.check(r).await?.json().await?)
     }
 }
@@ -65,15 +99,15 @@ pub fn status(a: &ClientArgs) -> Result<ExitCode> {
     let api = Api::new(&a.api)?;
     let s = block_on(api.get_json("/v1/status"))?;
     if a.json {
-        println!("{s}");
+        outln!("{s}");
     } else {
-        println!("peer id      {}", s["peer_id"].as_str().unwrap_or("?"));
-        println!("version      {}", s["version"].as_str().unwrap_or("?"));
-        println!("uptime       {} s", s["uptime_secs"]);
-        println!("peers        {}", s["connected_peers"]);
-        println!("routing      {} entries", s["routing_table_size"]);
+        outln!("peer id      {}", s["peer_id"].as_str().unwrap_or("?"));
+        outln!("version      {}", s["version"].as_str().unwrap_or("?"));
+        outln!("uptime       {} s", s["uptime_secs"]);
+        outln!("peers        {}", s["connected_peers"]);
+        outln!("routing      {} entries", s["routing_table_size"]);
         for a in s["listen_addresses"].as_array().into_iter().flatten() {
-            println!("listening    {}", a.as_str().unwrap_or("?"));
+            outln!("listening    {}", a.as_str().unwrap_or("?"));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -83,17 +117,17 @@ pub fn peers(a: &ClientArgs) -> Result<ExitCode> {
     let api = Api::new(&a.api)?;
     let p = block_on(api.get_json("/v1/peers"))?;
     if a.json {
-        println!("{p}");
+        outln!("{p}");
         return Ok(ExitCode::SUCCESS);
     }
     let list = p.as_array().cloned().unwrap_or_default();
-    println!("{:<54} {:>8} {:<16} ADDRESS", "PEER", "RTT", "AGENT");
+    outln!("{:<54} {:>8} {:<16} ADDRESS", "PEER", "RTT", "AGENT");
     for peer in &list {
         let rtt = peer["rtt_ms"]
             .as_f64()
             .map(|r| format!("{r:.1}ms"))
             .unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "{:<54} {:>8} {:<16} {}",
             peer["peer_id"].as_str().unwrap_or("?"),
             rtt,
@@ -101,6 +135,6 @@ pub fn peers(a: &ClientArgs) -> Result<ExitCode> {
             peer["addresses"][0].as_str().unwrap_or("-"),
         );
     }
-    println!("{} peers", list.len());
+    outln!("{} peers", list.len());
     Ok(ExitCode::SUCCESS)
 }

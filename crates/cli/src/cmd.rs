@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{client, devnet, run_node};
+use crate::{client, devnet, job, run_node};
 
 /// Agora: a peer-to-peer compute network. Every node is worker and coordinator at once.
 ///
@@ -33,6 +33,9 @@ pub enum Command {
     Status(ClientArgs),
     /// List a running node's connected peers.
     Peers(ClientArgs),
+    /// Submit jobs to a node and follow them.
+    #[command(subcommand)]
+    Job(job::JobCommand),
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +115,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Devnet(a) => devnet::run(a),
         Command::Status(a) => client::status(&a),
         Command::Peers(a) => client::peers(&a),
+        Command::Job(c) => job::run(c),
     }
 }
 
@@ -123,18 +127,18 @@ fn identity(a: DataDirArgs, init: bool) -> Result<ExitCode> {
         .with_context(|| format!("cannot set up the identity in {}", dir.display()))?;
     let peer_id = key.public().to_peer_id();
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"peer_id": peer_id.to_string(), "created": created, "data_dir": dir})
         );
     } else if init {
         if created {
-            println!("created identity {peer_id} in {}", dir.display());
+            outln!("created identity {peer_id} in {}", dir.display());
         } else {
-            println!("already initialized: {peer_id} in {}", dir.display());
+            outln!("already initialized: {peer_id} in {}", dir.display());
         }
     } else {
-        println!("{peer_id}");
+        outln!("{peer_id}");
     }
     Ok(ExitCode::SUCCESS)
 }

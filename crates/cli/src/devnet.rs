@@ -9,6 +9,7 @@
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -18,6 +19,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::client::Api;
+use crate::jobs;
 
 #[derive(Args, Debug)]
 pub struct DevnetArgs {
@@ -36,6 +38,17 @@ pub struct DevnetArgs {
     /// Where to put the nodes' data directories (default: a fresh temporary directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Submit this many example jobs (primes, mandelbrot, sha256chain), spread across the honest
+    /// nodes, and report how they ended. Without --duration the devnet stops when all are done.
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
+    /// Run this many of the nodes (the last ones) as Byzantine workers that bid normally and
+    /// return corrupted outputs. Test only.
+    #[arg(long, default_value_t = 0)]
+    pub byzantine: usize,
+    /// Redundancy of the submitted jobs.
+    #[arg(long, default_value_t = 3)]
+    pub redundancy: u8,
 }
 
 pub(crate) struct Child_ {
@@ -180,6 +193,16 @@ pub fn run(a: DevnetArgs) -> Result<ExitCode> {
     if a.nodes == 0 || a.nodes > 64 {
         bail!("--nodes {} is out of range: choose 1..=64", a.nodes);
     }
+    if a.byzantine >= a.nodes {
+        bail!(
+            "--byzantine {} must leave at least one honest node among --nodes {}",
+            a.byzantine,
+            a.nodes
+        );
+    }
+    if a.jobs > 10_000 {
+        bail!("--jobs {} is out of range: choose 0..=10000", a.jobs);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -204,7 +227,37 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
         a.nodes,
         base.display()
     );
-    let mut nodes = spawn_nodes(&base, a.nodes, |_| vec![]).await?;
+    let first_byzantine = a.nodes - a.byzantine;
+    let mut nodes = spawn_nodes(&base, a.nodes, |i| {
+        if i >= first_byzantine {
+            vec!["--byzantine".to_string()]
+        } else {
+            vec![]
+        }
+    })
+    .await?;
+    let byzantine_ids: Vec<String> = nodes[first_byzantine..]
+        .iter()
+        .map(|n| n.peer_id.clone())
+        .collect();
+    let progress = Arc::new(jobs::Progress::default());
+    let mut driver = if a.jobs > 0 {
+        let apis: Vec<String> = nodes[..first_byzantine]
+            .iter()
+            .map(|n| n.api.clone())
+            .collect();
+        let all: Vec<String> = nodes.iter().map(|n| n.api.clone()).collect();
+        Some(tokio::spawn(jobs::drive(
+            apis,
+            all,
+            a.jobs,
+            a.redundancy,
+            progress.clone(),
+        )))
+    } else {
+        None
+    };
+    let mut job_summary: Option<Value> = None;
 
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>8} {msg}")
@@ -262,15 +315,32 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
             ));
         }
         let elapsed = started.elapsed().as_secs();
+        let jobs_line = if a.jobs > 0 {
+            format!(", {}", progress.line(a.jobs))
+        } else {
+            String::new()
+        };
         header.set_message(match a.duration {
-            Some(d) => format!("{} nodes, {elapsed}/{d} s", nodes.len()),
-            None => format!("{} nodes, {elapsed} s (Ctrl-C to stop)", nodes.len()),
+            Some(d) => format!("{} nodes, {elapsed}/{d} s{jobs_line}", nodes.len()),
+            None => format!("{} nodes, {elapsed} s{jobs_line} (Ctrl-C to stop)", nodes.len()),
         });
+        if driver.as_ref().is_some_and(|d| d.is_finished()) {
+            if let Some(d) = driver.take() {
+                job_summary = Some(d.await??);
+            }
+            if a.duration.is_none() {
+                break;
+            }
+        }
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
 
+    if let Some(d) = driver.take() {
+        d.abort();
+        job_summary = Some(progress.summary(a.jobs));
+    }
     let final_statuses = statuses(&nodes).await;
     header.set_message("stopping nodes");
     stop_nodes(&mut nodes).await;
@@ -298,8 +368,16 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
     } else {
         eprintln!("data directories and logs kept in {}", base.display());
     }
+    if let Some(j) = &job_summary {
+        eprintln!("jobs: {j}");
+    }
     if a.json {
-        println!("{}", json!({ "nodes": summary }));
+        let mut out = json!({ "nodes": summary });
+        if let Some(j) = job_summary {
+            out["jobs"] = j;
+            out["byzantine"] = json!(byzantine_ids);
+        }
+        outln!("{out}");
     }
     if let Some(e) = early_exit {
         bail!(e);

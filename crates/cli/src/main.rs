@@ -2,11 +2,25 @@
 //!
 //! This file only parses arguments and dispatches; each command lives in its own module.
 
+/// `println!` that stops quietly when stdout is closed (`agora job list | head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod client;
 mod cmd;
 mod devnet;
+mod job;
+mod jobs;
 mod logging;
 mod run_node;
+mod workload;
 
 use clap::Parser;
 

@@ -502,7 +502,7 @@ fn validate_gossip(message: &gossipsub::Message) -> Result<GossipMessage, String
         ));
     }
     let signed = match &decoded {
-        GossipMessage::Job(s) => s.verify(),
+        GossipMessage::Job { job, .. } => job.verify(),
         GossipMessage::Capability(s) => s.verify(),
         GossipMessage::Result(s) => s.verify(),
         GossipMessage::Reputation(s) => s.verify(),

@@ -45,6 +45,11 @@ pub struct Config {
     pub max_redial_backoff: Duration,
     /// Capacity of the queue of events to the node; when full, events are dropped and counted.
     pub event_queue: usize,
+    /// Benchmark and testing knob, `None` in both presets: when set, every TCP connection
+    /// delivers the bytes it receives this much later than they arrived, below Noise, so each
+    /// direction of a link gets this one-way latency (`agora bench gossip` uses it to emulate a
+    /// WAN on loopback). QUIC is left undelayed. Not meant for production nodes.
+    pub link_latency: Option<Duration>,
 }
 
 impl Config {
@@ -72,6 +77,7 @@ impl Config {
             redial_backoff: Duration::from_millis(250),
             max_redial_backoff: Duration::from_secs(5),
             event_queue: 4096,
+            link_latency: None,
         }
     }
 

@@ -116,25 +116,41 @@ pub fn spawn(
     let metrics = NetMetrics::register(registry);
     let codec = codec::Codec::new(config.max_frame_bytes, metrics.frames_refused.clone());
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
-    let mut swarm = SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| setup(&e))?
-        .with_quic()
-        .with_dns()
-        .map_err(|e| setup(&e))?
-        .with_bandwidth_metrics(registry)
-        .with_behaviour(|key| {
-            behaviour::Behaviour::new(key, &config, codec)
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
-        })
-        .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
-        .build();
+    let make_behaviour = |key: &Keypair| {
+        behaviour::Behaviour::new(key, &config, codec)
+            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+    };
+    let idle_timeout = config.idle_timeout;
+    let builder = SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let mut swarm = match config.link_latency {
+        None => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| setup(&e))?
+            .with_quic()
+            .with_dns()
+            .map_err(|e| setup(&e))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(make_behaviour)
+            .map_err(|e| setup(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
+            .build(),
+        // Benchmark/testing knob: the same TCP + Noise + Yamux stack over a delayed socket.
+        Some(latency) => builder
+            .with_quic()
+            .with_other_transport(|key| latency::tcp(key, latency))
+            .map_err(|e| setup(&e))?
+            .with_dns()
+            .map_err(|e| setup(&e))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(make_behaviour)
+            .map_err(|e| setup(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
+            .build(),
+    };
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())
@@ -170,4 +186,154 @@ pub fn spawn(
         events: ev_rx,
         task,
     })
+}
+
+/// Emulated link latency for benchmarks and tests ([`Config::link_latency`]).
+///
+/// [`Delayed`](latency::Delayed) wraps the raw TCP socket, below Noise: every chunk read from
+/// the socket is stamped with its arrival time and handed to the reader only `delay` later.
+/// Writes go straight through. Both ends of a connection delay what they receive, so each
+/// direction of the link sees a one-way latency of `delay` (a round trip gains `2 * delay`).
+mod latency {
+    use std::collections::VecDeque;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use futures::{AsyncRead, AsyncWrite};
+    use libp2p::core::muxing::StreamMuxerBox;
+    use libp2p::core::transport::Boxed;
+    use libp2p::core::upgrade::Version;
+    use libp2p::{PeerId, Transport, identity::Keypair, noise, tcp, yamux};
+    use tokio::time::{Instant, Sleep};
+
+    /// Bytes read ahead of the reader at most; beyond this the socket is left alone (TCP flow
+    /// control pushes back on the sender) until the reader catches up.
+    const MAX_QUEUED: usize = 1 << 20;
+    const CHUNK: usize = 16 * 1024;
+
+    /// The TCP + Noise + Yamux stack of [`crate::spawn`], over sockets delayed by `delay`.
+    pub(crate) fn tcp(
+        key: &Keypair,
+        delay: Duration,
+    ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(
+            tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .map(move |stream, _| Delayed::new(stream, delay))
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default())
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+                .boxed(),
+        )
+    }
+
+    /// A stream whose reads return each byte `delay` after it arrived.
+    pub(crate) struct Delayed<S> {
+        inner: S,
+        delay: Duration,
+        /// Chunks received, with the instant they become readable.
+        queue: VecDeque<(Instant, Vec<u8>)>,
+        /// Bytes of the front chunk already read.
+        offset: usize,
+        queued: usize,
+        /// The socket's end: `Some(None)` at EOF, `Some(Some(e))` after an error.
+        end: Option<Option<io::Error>>,
+        timer: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl<S> Delayed<S> {
+        fn new(inner: S, delay: Duration) -> Self {
+            Delayed {
+                inner,
+                delay,
+                queue: VecDeque::new(),
+                offset: 0,
+                queued: 0,
+                end: None,
+                timer: None,
+            }
+        }
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Delayed<S> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if buf.is_empty() {
+                return Poll::Ready(Ok(0));
+            }
+            // Take in everything the socket has (this also registers for its next bytes).
+            let mut chunk = [0u8; CHUNK];
+            while this.end.is_none() && this.queued < MAX_QUEUED {
+                match Pin::new(&mut this.inner).poll_read(cx, &mut chunk) {
+                    Poll::Ready(Ok(0)) => this.end = Some(None),
+                    Poll::Ready(Ok(n)) => {
+                        this.queue
+                            .push_back((Instant::now() + this.delay, chunk[..n].to_vec()));
+                        this.queued += n;
+                    }
+                    Poll::Ready(Err(e)) => this.end = Some(Some(e)),
+                    Poll::Pending => break,
+                }
+            }
+            // Hand out what is due, or sleep until it is.
+            loop {
+                let Some((due, data)) = this.queue.front() else {
+                    return match this.end.take() {
+                        None => Poll::Pending,
+                        Some(None) => {
+                            this.end = Some(None);
+                            Poll::Ready(Ok(0))
+                        }
+                        Some(Some(e)) => {
+                            this.end = Some(None);
+                            Poll::Ready(Err(e))
+                        }
+                    };
+                };
+                if *due <= Instant::now() {
+                    let n = buf.len().min(data.len() - this.offset);
+                    buf[..n].copy_from_slice(&data[this.offset..this.offset + n]);
+                    this.offset += n;
+                    this.queued -= n;
+                    if this.offset == data.len() {
+                        this.queue.pop_front();
+                        this.offset = 0;
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                let due = *due;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                timer.as_mut().reset(due);
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for Delayed<S> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        }
+
+        fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_close(cx)
+        }
+    }
 }

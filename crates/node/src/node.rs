@@ -1,19 +1,24 @@
-//! Starting, running and stopping a node.
+//! Starting, running and stopping a node, and the handle the API and CLI use.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agora_net::{Keypair, Multiaddr, NetEvent, NetHandle, PeerId, PeerInfo};
-use agora_types::job::Health;
+use agora_exec::{Pool, Sandbox};
+use agora_market::{JobRecord, Leases, Market, Offer};
+use agora_net::{Keypair, Multiaddr, NetHandle, PeerId, PeerInfo};
+use agora_types::job::{JobId, JobLimits, JobSpec, SpecBounds, SpecError};
 use agora_types::sign::Signed;
-use agora_types::wire::{GossipMessage, Request, Response};
+use agora_types::{Hash, now_ms};
 use prometheus_client::registry::Registry;
-use serde::Serialize;
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::config::NodeConfig;
+use crate::blobs;
+use crate::config::{NodeConfig, Preset};
+use crate::core::{Command, Core};
 use crate::identity::{self, IdentityError};
 use crate::store::{Store, StoreError};
 
@@ -30,6 +35,91 @@ pub enum NodeError {
     /// The network could not start.
     #[error(transparent)]
     Net(#[from] agora_net::NetError),
+    /// The sandbox could not start.
+    #[error("cannot start the sandbox: {0}")]
+    Exec(#[from] agora_exec::ExecError),
+}
+
+/// Why a job was refused at submission. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The module blob is not on this node.
+    #[error("module {0} is not on this node; upload it first (POST /v1/blobs)")]
+    ModuleMissing(Hash),
+    /// The input blob is not on this node.
+    #[error("input {0} is not on this node; upload it first (POST /v1/blobs)")]
+    InputMissing(Hash),
+    /// The module is not a WebAssembly WASI command the sandbox accepts.
+    #[error("the module is not a runnable WebAssembly WASI command: {0}")]
+    InvalidModule(String),
+    /// A field of the spec is out of bounds.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// The node is stopping.
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// Why a job's output cannot be returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutputError {
+    /// No such job on this node.
+    #[error("no job {0} on this node")]
+    UnknownJob(Hash),
+    /// The job has no verified output (yet).
+    #[error("job {id} has no verified output: it is {state}")]
+    NotReady {
+        /// The job.
+        id: Hash,
+        /// Its state and reason.
+        state: String,
+    },
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// The node is stopping.
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// A job as submitted through the API: blobs by hash, everything else optional.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The module's hash (uploaded before).
+    pub module: Hash,
+    /// The input's hash (uploaded before); empty input if absent.
+    #[serde(default)]
+    pub input: Option<Hash>,
+    /// Arguments after argv\[0\].
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// How many workers must agree (default 3).
+    #[serde(default)]
+    pub redundancy: Option<u8>,
+    /// The most paid per execution (default 100).
+    #[serde(default)]
+    pub max_price: Option<u64>,
+    /// Fuel limit (default 10^10).
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// Memory limit in bytes (default 256 MiB).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Wall-time limit in ms (default 30 000).
+    #[serde(default)]
+    pub wall_time_ms: Option<u64>,
+    /// Required capabilities (default `["wasm"]`).
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+    /// Seconds from now until the job is abandoned (default 600).
+    #[serde(default)]
+    pub deadline_secs: Option<u64>,
 }
 
 /// What `GET /v1/status` shows.
@@ -55,6 +145,7 @@ pub(crate) struct Shared {
     pub started: Instant,
     pub registry: Mutex<Registry>,
     pub store: Store,
+    pub sandbox: Sandbox,
 }
 
 /// A cloneable handle to a running node, for the API and tests.
@@ -62,6 +153,7 @@ pub(crate) struct Shared {
 pub struct NodeHandle {
     pub(crate) net: NetHandle,
     pub(crate) shared: Arc<Shared>,
+    pub(crate) core: mpsc::Sender<Command>,
 }
 
 impl NodeHandle {
@@ -115,6 +207,123 @@ impl NodeHandle {
         }
         out
     }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.core.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Stores a blob and announces it in the DHT; returns its hash.
+    pub async fn put_blob(&self, data: Vec<u8>) -> Result<Hash, StoreError> {
+        let store = self.shared.store.clone();
+        let hash = tokio::task::spawn_blocking(move || store.put_blob(&data))
+            .await
+            .map_err(|e| StoreError::Db(e.to_string()))??;
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let _ = net.provide(blobs::provider_key(&hash)).await;
+        });
+        Ok(hash)
+    }
+
+    /// Validates, signs and submits a job.
+    pub async fn submit(&self, req: SubmitRequest) -> Result<JobId, SubmitError> {
+        let bounds = SpecBounds::default();
+        let store = self.shared.store.clone();
+        let empty = store.put_blob(&[])?;
+        let input = req.input.unwrap_or(empty);
+        let module_size = store
+            .blob_size(&req.module)
+            .ok_or(SubmitError::ModuleMissing(req.module))?;
+        let input_size = store
+            .blob_size(&input)
+            .ok_or(SubmitError::InputMissing(input))?;
+        let defaults = JobLimits::default();
+        let spec = JobSpec {
+            module: req.module,
+            module_size,
+            input,
+            input_size,
+            args: req.args,
+            limits: JobLimits {
+                fuel: req.fuel.unwrap_or(defaults.fuel),
+                memory_bytes: req.memory_bytes.unwrap_or(defaults.memory_bytes),
+                wall_time_ms: req.wall_time_ms.unwrap_or(defaults.wall_time_ms),
+            },
+            capabilities: req.capabilities.unwrap_or_else(|| vec!["wasm".into()]),
+            redundancy: req.redundancy.unwrap_or(3),
+            max_price: req.max_price.unwrap_or(100),
+            deadline_ms: now_ms() + req.deadline_secs.unwrap_or(600).min(7 * 24 * 3600) * 1000,
+            nonce: rand::random(),
+        };
+        spec.validate(&bounds)?;
+        // Refuse what is not WebAssembly (or not a WASI command) before anyone is asked to run it.
+        let sandbox = self.shared.sandbox.clone();
+        let module = req.module;
+        tokio::task::spawn_blocking(move || {
+            let bytes = store
+                .get_blob(&module, bounds.max_module_bytes)?
+                .ok_or(SubmitError::ModuleMissing(module))?;
+            sandbox
+                .validate(&bytes)
+                .map_err(|e| SubmitError::InvalidModule(e.to_string()))
+        })
+        .await
+        .map_err(|_| SubmitError::Stopped)??;
+        let signed = Signed::sign(&self.shared.keypair, spec, now_ms())
+            .map_err(|e| SubmitError::InvalidModule(e.to_string()))?;
+        self.ask(|tx| Command::Submit(signed, tx))
+            .await
+            .ok_or(SubmitError::Stopped)
+    }
+
+    /// Every job this node submitted and still tracks, newest first.
+    pub async fn jobs(&self) -> Vec<JobRecord> {
+        self.ask(Command::Jobs).await.unwrap_or_default()
+    }
+
+    /// One job's record.
+    pub async fn job(&self, id: JobId) -> Option<JobRecord> {
+        self.ask(|tx| Command::Job(id, tx)).await.flatten()
+    }
+
+    /// Cancels a job; false if unknown.
+    pub async fn cancel(&self, id: JobId) -> bool {
+        self.ask(|tx| Command::Cancel(id, tx)).await.unwrap_or(false)
+    }
+
+    /// This node's reputation book.
+    pub async fn reputation(&self) -> Vec<(PeerId, i64)> {
+        self.ask(Command::Reputation).await.unwrap_or_default()
+    }
+
+    /// A verified job's output.
+    pub async fn output(&self, id: JobId) -> Result<Vec<u8>, OutputError> {
+        let record = self.job(id).await.ok_or(OutputError::UnknownJob(id))?;
+        let Some(agora_types::job::Outcome::Completed { output_hash, .. }) = record.outcome else {
+            let state = match (&record.fail_reason, &record.waiting) {
+                (Some(f), _) => format!("failed: {f}"),
+                (None, Some(w)) => format!("{}: {w}", record.state),
+                (None, None) => record.state.to_string(),
+            };
+            return Err(OutputError::NotReady { id, state });
+        };
+        if record.fail_reason.is_some() || !record.state.is_final() {
+            return Err(OutputError::NotReady {
+                id,
+                state: record.state.to_string(),
+            });
+        }
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.get_blob(&output_hash, u64::MAX))
+            .await
+            .map_err(|_| OutputError::Stopped)??
+            .ok_or_else(|| OutputError::NotReady {
+                id,
+                state: "verified, but the output is missing from the store".into(),
+            })
+    }
 }
 
 /// A running node.
@@ -122,11 +331,28 @@ pub struct Node {
     handle: NodeHandle,
     net_task: JoinHandle<()>,
     core_task: JoinHandle<()>,
+    persist_task: JoinHandle<()>,
     stop: mpsc::Sender<()>,
 }
 
+/// Writes job records in order, one redb transaction each.
+async fn persister(store: Store, mut rx: mpsc::Receiver<(JobId, Option<Vec<u8>>)>) {
+    while let Some((id, bytes)) = rx.recv().await {
+        let store = store.clone();
+        let r = tokio::task::spawn_blocking(move || match bytes {
+            Some(b) => store.put_job(&id, &b),
+            None => store.delete_job(&id),
+        })
+        .await;
+        if !matches!(r, Ok(Ok(()))) {
+            warn!(job = %id.short(), "cannot persist a job record");
+        }
+    }
+}
+
 impl Node {
-    /// Starts a node: identity, storage, network, core task.
+    /// Starts a node: identity, storage, sandbox, network, core task. Jobs this node submitted
+    /// before a restart resume.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let (keypair, created) = identity::load_or_create(&config.data_dir)?;
         let peer_id = keypair.public().to_peer_id();
@@ -134,31 +360,82 @@ impl Node {
             info!(%peer_id, dir = %config.data_dir.display(), "created a new identity");
         }
         let store = Store::open(&config.data_dir)?;
+        let restored: Vec<JobRecord> = store
+            .jobs()?
+            .into_iter()
+            .filter_map(|(id, bytes)| match serde_json::from_slice(&bytes) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(job = %id.short(), error = %e, "skipping an unreadable job record");
+                    None
+                }
+            })
+            .collect();
+        let sandbox = Sandbox::new()?;
+        let pool = Pool::new(sandbox.clone(), config.executor_slots, 64);
         let mut registry = Registry::default();
         let network = agora_net::spawn(keypair.clone(), config.net.clone(), &mut registry)?;
-        info!(%peer_id, preset = ?config.preset, "node started");
+        let market_config = match config.preset {
+            Preset::Local => agora_market::Config::local(),
+            Preset::Production => agora_market::Config::production(),
+        };
+        let mut market = Market::new(market_config, peer_id);
+        if let Ok(Some(bytes)) = store.meta("reputation")
+            && let Ok(book) = serde_json::from_slice(&bytes)
+        {
+            *market.reputation_mut() = book;
+        }
+        let offer = Offer {
+            capabilities: vec!["wasm".into()],
+            price: config.price,
+            memory_bytes: 1 << 30,
+            max_wall_time_ms: 10 * 60 * 1000,
+        };
+        info!(%peer_id, preset = ?config.preset, resumed = restored.len(), "node started");
         let shared = Arc::new(Shared {
-            config,
             keypair,
             started: Instant::now(),
             registry: Mutex::new(registry),
-            store,
+            store: store.clone(),
+            sandbox,
+            config,
         });
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        let (internal_tx, internal_rx) = mpsc::channel(1024);
+        let (persist_tx, persist_rx) = mpsc::channel(4096);
+        let persist_task = tokio::spawn(persister(store, persist_rx));
         let handle = NodeHandle {
             net: network.handle.clone(),
-            shared,
+            shared: shared.clone(),
+            core: cmd_tx,
         };
-        let (stop_tx, stop_rx) = mpsc::channel(1);
+        // Accepted leases may wait in the pool's queue: up to four per slot.
+        let lease_capacity = shared.config.executor_slots * 4;
         let core = Core {
-            handle: handle.clone(),
+            shared,
+            net: network.handle,
+            pool,
+            market,
+            leases: Leases::new(lease_capacity),
+            running: HashMap::new(),
+            offer,
             events: network.events,
+            commands: cmd_rx,
+            internal_tx,
+            internal: internal_rx,
+            persist: persist_tx,
             stop: stop_rx,
+            peer_cache: HashMap::new(),
+            ad_seq: 0,
+            bid_seen: VecDeque::new(),
         };
-        let core_task = tokio::spawn(core.run());
+        let core_task = tokio::spawn(core.run(restored));
         Ok(Node {
             handle,
             net_task: network.task,
             core_task,
+            persist_task,
             stop: stop_tx,
         })
     }
@@ -168,82 +445,15 @@ impl Node {
         self.handle.clone()
     }
 
-    /// Stops the node: the core task first, then the network (closing every connection). Storage
-    /// is flushed by every commit already; dropping the last handle closes the database.
+    /// Stops the node: the core task first (it saves the reputation book), then pending record
+    /// writes are flushed, then the network closes every connection.
     pub async fn shutdown(self) {
         let _ = self.stop.send(()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.core_task).await;
+        // The core task owned the last persistence sender: the persister drains and ends.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.persist_task).await;
         let _ = self.handle.net.shutdown().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.net_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.net_task).await;
         info!("node stopped");
-    }
-}
-
-/// The node's core task: the one owner of the node's protocol state.
-struct Core {
-    handle: NodeHandle,
-    events: mpsc::Receiver<NetEvent>,
-    stop: mpsc::Receiver<()>,
-}
-
-impl Core {
-    async fn run(mut self) {
-        let mut beacon = tokio::time::interval(self.handle.shared.config.ad_interval);
-        beacon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = self.stop.recv() => return,
-                event = self.events.recv() => match event {
-                    Some(e) => self.on_net_event(e),
-                    None => return,
-                },
-                _ = beacon.tick() => self.beacon(),
-            }
-        }
-    }
-
-    fn on_net_event(&mut self, event: NetEvent) {
-        match event {
-            NetEvent::Request {
-                peer,
-                request,
-                reply,
-            } => {
-                let response = match request {
-                    Request::Echo(b) => Response::Echo(b),
-                    other => {
-                        debug!(%peer, ?other, "request not handled yet");
-                        Response::Refused("not supported by this node".into())
-                    }
-                };
-                let _ = reply.send(response);
-            }
-            NetEvent::Gossip { .. }
-            | NetEvent::PeerConnected(_)
-            | NetEvent::PeerDisconnected(_) => {}
-            _ => {}
-        }
-    }
-
-    fn beacon(&mut self) {
-        let handle = self.handle.clone();
-        tokio::spawn(async move {
-            let Ok(status) = handle.net.status().await else {
-                return;
-            };
-            let health = Health {
-                uptime_s: handle.shared.started.elapsed().as_secs(),
-                connected_peers: status.connected_peers as u32,
-                running_jobs: 0,
-            };
-            match Signed::sign(&handle.shared.keypair, health, agora_types::now_ms()) {
-                Ok(s) => {
-                    if let Err(e) = handle.net.publish(GossipMessage::Health(s)).await {
-                        debug!(error = %e, "health beacon not published");
-                    }
-                }
-                Err(e) => warn!(error = %e, "cannot sign health beacon"),
-            }
-        });
     }
 }

@@ -66,8 +66,15 @@ impl Topic {
 /// that arrives on the wrong topic is invalid.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum GossipMessage {
-    /// A job looking for workers.
-    Job(SignedJob),
+    /// A job looking for workers. `attempt` counts re-announcements, so that each one is a
+    /// distinct gossip message (ids are content hashes); it is not signed, and replaying an
+    /// announcement is harmless: bids go to the signer, who ignores jobs it is not running.
+    Job {
+        /// The signed job.
+        job: SignedJob,
+        /// Which announcement this is, from 1.
+        attempt: u32,
+    },
     /// A node's offer.
     Capability(Signed<CapabilityAd>),
     /// A verified result.
@@ -84,7 +91,7 @@ impl GossipMessage {
     /// The topic this message belongs on.
     pub fn topic(&self) -> Topic {
         match self {
-            GossipMessage::Job(_) => Topic::Jobs,
+            GossipMessage::Job { .. } => Topic::Jobs,
             GossipMessage::Capability(_) => Topic::Capabilities,
             GossipMessage::Result(_) => Topic::Results,
             GossipMessage::Reputation(_) => Topic::Reputation,
@@ -109,7 +116,8 @@ pub enum Request {
     Lease(Lease),
     /// A worker's result, sent to the submitter.
     Result(Signed<WorkResult>),
-    /// The submitter withdraws a lease (job already verified or abandoned).
+    /// From the submitter: the lease is withdrawn (job verified or abandoned). From the worker:
+    /// it gives the lease back (it cannot fetch the job's blobs, or its pool is full).
     Cancel(JobId),
     /// A chunk of a blob: up to `len` bytes from `offset`.
     GetBlob {

@@ -1,0 +1,280 @@
+//! `gossip`: how fast a gossip message reaches (almost) every node.
+//!
+//! `N` `agora_net` nodes (default 200) run in this process on loopback TCP, every link delayed
+//! by `L` (default 20 ms, [`agora_net::Config::link_latency`]: each direction's bytes are handed
+//! to the receiver `L` after they arrived). Node 0 is the bootstrap peer of all the others;
+//! Kademlia does the rest. Once every node has peers and a probe message reaches 99% of them
+//! (the GossipSub meshes have formed), `M` messages are published one after the other, each from
+//! a random node, and each node records when it received each message.
+//!
+//! Figures: for each message, the time from `publish` until `ceil(0.99 * (N - 1))` other nodes
+//! had it; p50 and p95 over the messages (a message that never gets there counts as infinitely
+//! slow), and the delivery ratio (deliveries / `M * (N - 1)`).
+//!
+//! Baseline: an epidemic over meshes of degree `mesh_n` = 6 (GossipSub's default) needs
+//! `hops = ceil(log_6 N)` hops to cover `N` nodes, each costing at least `L`; the bound is
+//! `(hops + 1) * L`, one hop of slack for processing and for the nodes off the shortest tree.
+//! The goal is p95 <= bound. Ping and echo round trips over delayed links are reported too:
+//! a ping crosses the link once each way (a little over `2 L`), an echo request on a fresh
+//! substream twice (protocol negotiation, then the request: a little over `4 L`), which checks
+//! that the injected latency is what it claims.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use agora_types::wire::{GossipMessage, Request};
+
+use crate::Opts;
+use crate::util::{self, Node};
+
+/// GossipSub's default mesh degree (`mesh_n`), which Agora keeps.
+const MESH_N: usize = 6;
+const PREFIX: &str = "bench-gossip ";
+/// Probe messages are numbered from here; measured ones from 0.
+const PROBE_BASE: u64 = 1 << 40;
+
+pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
+    let n = opts.nodes.unwrap_or(if opts.smoke { 20 } else { 200 });
+    let m = opts.iterations.unwrap_or(if opts.smoke { 3 } else { 40 });
+    let latency = Duration::from_millis(opts.latency_ms.unwrap_or(20));
+    if n < 2 {
+        bail!("the gossip benchmark needs at least 2 nodes");
+    }
+    let want = ((0.99 * (n - 1) as f64).ceil() as usize).max(1);
+    let hops = hops(n, MESH_N);
+    let bound = latency * (hops as u32 + 1);
+    let setup_started = Instant::now();
+
+    // Every node reports (message number, node index, arrival) here.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, usize, Instant)>();
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut config = util::local_config()?;
+        config.link_latency = Some(latency);
+        config.max_connections = config.max_connections.max(n as u32 + 16);
+        config.max_pending_incoming = config.max_pending_incoming.max(256);
+        if let Some(first) = nodes.first() {
+            config.bootstrap = vec![first.addr.clone()];
+        }
+        let mut node = util::start_node(config).await?;
+        let tx = tx.clone();
+        util::serve(&mut node, move |message| {
+            if let GossipMessage::Text(t) = message
+                && let Some(k) = t.strip_prefix(PREFIX).and_then(|s| s.parse::<u64>().ok())
+            {
+                let _ = tx.send((k, i, Instant::now()));
+            }
+        });
+        nodes.push(node);
+        // Let the handshakes with node 0 through in waves rather than all at once.
+        if i % 25 == 24 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop(tx);
+
+    // Wait until every node has a few peers.
+    let need = (MESH_N - 2).min(n - 1);
+    let deadline = Instant::now() + Duration::from_secs(if n > 100 { 180 } else { 60 });
+    loop {
+        let (min, _, _) = util::connectivity(&nodes).await?;
+        if min >= need {
+            break;
+        }
+        if Instant::now() > deadline {
+            util::shutdown_all(nodes).await;
+            bail!("after the deadline some node still has {min} peers (wanted {need})");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Then until a probe reaches 99%: the meshes have formed.
+    let mut rng = rand::thread_rng();
+    let mut probes = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let k = PROBE_BASE + probes;
+        probes += 1;
+        let src = rng.gen_range(0..n);
+        nodes[src]
+            .handle
+            .publish(GossipMessage::Text(format!("{PREFIX}{k}")))
+            .await?;
+        let got = collect(
+            &mut rx,
+            k,
+            want,
+            Duration::from_secs(2),
+            &mut HashMap::new(),
+        )
+        .await;
+        if got.len() >= want {
+            break;
+        }
+        if Instant::now() > deadline {
+            util::shutdown_all(nodes).await;
+            bail!(
+                "gossip meshes did not form: a probe reached {} of {want} nodes",
+                got.len()
+            );
+        }
+    }
+    let setup = setup_started.elapsed();
+    let (min_peers, mean_peers, max_peers) = util::connectivity(&nodes).await?;
+
+    // Sanity check of the injected latency: echo round trips from node 1 to node 0.
+    let mut rtts = Vec::new();
+    let node0 = nodes[0].handle.local_peer_id();
+    for _ in 0..10 {
+        let t = Instant::now();
+        nodes[1]
+            .handle
+            .request(node0, Request::Echo(vec![0; 64]))
+            .await?;
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    let rtt_p50 = util::quantile(&rtts, 0.5).unwrap_or_default();
+    // And the last ping round trips (a ping rides an open stream: one crossing each way).
+    let mut pings: Vec<Duration> = Vec::new();
+    for node in nodes.iter().take(10) {
+        for peer in node.handle.peers().await? {
+            if let Some(ms) = peer.rtt_ms {
+                pings.push(Duration::from_secs_f64(ms / 1000.0));
+            }
+        }
+    }
+    pings.sort();
+    let ping_p50 = util::quantile(&pings, 0.5);
+
+    // The measured messages.
+    let wait = (latency * 50).max(Duration::from_secs(3));
+    let mut times: Vec<Option<Duration>> = Vec::with_capacity(m);
+    let mut delivered: HashMap<u64, usize> = HashMap::new();
+    let mut starts: Vec<Instant> = Vec::with_capacity(m);
+    for k in 0..m as u64 {
+        let src = rng.gen_range(0..n);
+        let t0 = Instant::now();
+        starts.push(t0);
+        nodes[src]
+            .handle
+            .publish(GossipMessage::Text(format!("{PREFIX}{k}")))
+            .await?;
+        let mut got = collect(&mut rx, k, n - 1, wait, &mut delivered).await;
+        got.sort();
+        *delivered.entry(k).or_default() += got.len();
+        times.push(got.get(want - 1).map(|t| t.saturating_duration_since(t0)));
+    }
+    // Stragglers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok((k, _, _)) = rx.try_recv() {
+        if let Some(c) = delivered.get_mut(&k) {
+            *c += 1;
+        }
+    }
+    let fds = util::open_fds();
+    util::shutdown_all(nodes).await;
+
+    let reached = times.iter().filter(|t| t.is_some()).count();
+    let mut sorted: Vec<Duration> = times.iter().flatten().copied().collect();
+    sorted.sort();
+    // A message that never reached 99% counts as infinitely slow.
+    let pct = |q: f64| -> Option<Duration> {
+        let rank = ((q * m as f64).ceil() as usize).clamp(1, m.max(1));
+        sorted.get(rank - 1).copied()
+    };
+    let (p50, p95) = (pct(0.50), pct(0.95));
+    let total: usize = delivered.values().map(|c| (*c).min(n - 1)).sum();
+    let delivery_ratio = util::round(total as f64 / (m * (n - 1)).max(1) as f64, 4);
+    let ratio = p95.map(|p| util::ratio(p, bound));
+    Ok(json!({
+        "bench": "gossip",
+        "smoke": opts.smoke,
+        "machine": util::machine(),
+        "nodes": n,
+        "messages": m,
+        "link_latency_ms": util::ms(latency),
+        "target_nodes": want,
+        "time_to_99pct_ms": {
+            "p50": p50.map(util::ms),
+            "p95": p95.map(util::ms),
+            "max": sorted.last().copied().map(util::ms),
+            "messages_reaching_99pct": reached,
+        },
+        "delivery_ratio": delivery_ratio,
+        "baseline": {
+            "mesh_n": MESH_N,
+            "hops": hops,
+            "bound_ms": util::ms(bound),
+            "formula": "(ceil(log_mesh_n(nodes)) + 1) * link_latency",
+        },
+        "link_check": {
+            "ping_rtt_p50_ms": ping_p50.map(util::ms),
+            "ping_rtt_floor_ms": util::ms(latency * 2),
+            "echo_rtt_p50_ms": util::ms(rtt_p50),
+            "echo_rtt_floor_ms": util::ms(latency * 4),
+            "note": "a ping crosses the link once each way (floor 2 L); an echo request opens a substream, so protocol negotiation adds a round trip (floor 4 L)",
+        },
+        "ratio": ratio,
+        "goal": "p95 time to 99% of nodes / ((hops + 1) * link_latency) <= 1",
+        "goal_met": ratio.is_some_and(|r| r <= 1.0),
+        "setup_secs": util::round(setup.as_secs_f64(), 1),
+        "probes_until_meshes_formed": probes,
+        "connected_peers": {"min": min_peers, "mean": mean_peers, "max": max_peers},
+        "open_fds": fds,
+    }))
+}
+
+/// Arrival times of message `k` at distinct nodes, until `count` nodes have it or `wait` passes.
+/// Late arrivals of other messages are counted in `late`.
+async fn collect(
+    rx: &mut mpsc::UnboundedReceiver<(u64, usize, Instant)>,
+    k: u64,
+    count: usize,
+    wait: Duration,
+    late: &mut HashMap<u64, usize>,
+) -> Vec<Instant> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut seen: HashMap<usize, Instant> = HashMap::new();
+    while seen.len() < count {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((msg, node, at))) if msg == k => {
+                seen.entry(node).or_insert(at);
+            }
+            Ok(Some((msg, _, _))) => *late.entry(msg).or_default() += 1,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    seen.into_values().collect()
+}
+
+/// The smallest `h` with `mesh_n^h >= n`: `ceil(log_mesh_n(n))`, computed exactly.
+fn hops(n: usize, mesh_n: usize) -> usize {
+    let mut h = 0;
+    let mut reach = 1usize;
+    while reach < n {
+        reach = reach.saturating_mul(mesh_n);
+        h += 1;
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hops;
+
+    #[test]
+    fn hops_is_ceil_log() {
+        assert_eq!(hops(200, 6), 3);
+        assert_eq!(hops(216, 6), 3);
+        assert_eq!(hops(217, 6), 4);
+        assert_eq!(hops(20, 6), 2);
+        assert_eq!(hops(6, 6), 1);
+        assert_eq!(hops(1, 6), 0);
+    }
+}

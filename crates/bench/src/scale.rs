@@ -1,0 +1,131 @@
+//! `scale`: resident memory per idle node, with many nodes in one process.
+//!
+//! For each size (100, 300 and 1000 nodes by default), `agora_net` nodes are started in this
+//! process on loopback TCP with `Config::local()`, except: each dials one of the first four nodes
+//! (the hubs) as its bootstrap peer and then discovers more through Kademlia, with
+//! `target_peers` = 4 ("a few others") and at most 12 connections (the hubs accept `n + 16`).
+//! Every node's event queue is drained by a task, as a node's would be. Once every node has a
+//! peer, they idle (GossipSub heartbeats, pings, Kademlia refreshes all run) for 30 s, then the
+//! process's `VmRSS` is read.
+//!
+//! The figure is `(RSS after idling - RSS before the first size) / nodes`: memory the allocator
+//! kept from an earlier size is charged to the later one, so it errs on the high side. The
+//! increase since the start of the same size is reported too. There is no baseline: the goal is
+//! an absolute budget of 20 MB per node.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde_json::{Value, json};
+
+use crate::Opts;
+use crate::util::{self, Node};
+
+const GOAL_MB: f64 = 20.0;
+const HUBS: usize = 4;
+const MB: f64 = 1024.0 * 1024.0;
+
+pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
+    let sizes = match opts.nodes {
+        Some(n) => vec![n],
+        None if opts.smoke => vec![10],
+        None => vec![100, 300, 1000],
+    };
+    let idle = Duration::from_secs(
+        opts.duration_secs
+            .unwrap_or(if opts.smoke { 2 } else { 30 }),
+    );
+    let rss0 = util::rss_bytes()?;
+    let mut reports = Vec::new();
+    let mut worst: f64 = 0.0;
+    for &n in &sizes {
+        if n == 0 {
+            bail!("the scale benchmark needs at least one node");
+        }
+        let before = util::rss_bytes()?;
+        let started = Instant::now();
+        let nodes = start(n).await?;
+        let deadline = Instant::now() + Duration::from_secs(60 + n as u64 / 10);
+        loop {
+            let (min, _, _) = util::connectivity(&nodes).await?;
+            if min >= 1 || n == 1 {
+                break;
+            }
+            if Instant::now() > deadline {
+                util::shutdown_all(nodes).await;
+                bail!("with {n} nodes, some node still has no peer after the deadline");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let setup = started.elapsed();
+        let mut peak = util::rss_bytes()?;
+        let idle_end = Instant::now() + idle;
+        while Instant::now() < idle_end {
+            tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
+            peak = peak.max(util::rss_bytes()?);
+        }
+        let after = util::rss_bytes()?;
+        let (min, mean, max) = util::connectivity(&nodes).await?;
+        let fds = util::open_fds();
+        util::shutdown_all(nodes).await;
+
+        let per_node = after.saturating_sub(rss0) as f64 / MB / n as f64;
+        let per_node_delta = after.saturating_sub(before) as f64 / MB / n as f64;
+        worst = worst.max(per_node);
+        reports.push(json!({
+            "nodes": n,
+            "rss_before_mb": util::round(before as f64 / MB, 1),
+            "rss_after_idle_mb": util::round(after as f64 / MB, 1),
+            "rss_peak_mb": util::round(peak as f64 / MB, 1),
+            "per_node_mb": util::round(per_node, 3),
+            "per_node_delta_mb": util::round(per_node_delta, 3),
+            "connected_peers": {"min": min, "mean": mean, "max": max},
+            "open_fds": fds,
+            "setup_secs": util::round(setup.as_secs_f64(), 1),
+        }));
+    }
+    Ok(json!({
+        "bench": "scale",
+        "smoke": opts.smoke,
+        "machine": util::machine(),
+        "idle_secs": idle.as_secs(),
+        "rss_at_start_mb": util::round(rss0 as f64 / MB, 1),
+        "sizes": reports,
+        "per_node_mb_worst": util::round(worst, 3),
+        "baseline": Value::Null,
+        "baseline_is": "none: an absolute budget per node",
+        "goal": format!("resident memory per idle node <= {GOAL_MB} MB"),
+        "goal_met": worst <= GOAL_MB,
+    }))
+}
+
+/// Starts `n` nodes: the first [`HUBS`] are the bootstrap peers of the others.
+async fn start(n: usize) -> anyhow::Result<Vec<Node>> {
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut config = util::local_config()?;
+        config.target_peers = 4;
+        if i < HUBS {
+            config.max_connections = config.max_connections.max(n as u32 + 16);
+            config.max_pending_incoming = config.max_pending_incoming.max(256);
+        } else {
+            config.max_connections = 12;
+        }
+        if i > 0 {
+            config.bootstrap = vec![nodes[if i < HUBS { 0 } else { i % HUBS }].addr.clone()];
+        }
+        let mut node = match util::start_node(config).await {
+            Ok(node) => node,
+            Err(e) => {
+                util::shutdown_all(nodes).await;
+                return Err(e);
+            }
+        };
+        util::serve(&mut node, |_| {});
+        nodes.push(node);
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(nodes)
+}

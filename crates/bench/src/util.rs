@@ -1,0 +1,205 @@
+//! What the benchmarks share: statistics, memory readings, and in-process `agora_net` nodes.
+
+use std::time::Duration;
+
+use agora_net::{Config, Keypair, Multiaddr, NetEvent, NetHandle, Network, multiaddr::Protocol};
+use anyhow::{Context, bail};
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The `q`-quantile (0..=1) of sorted samples, nearest rank; `None` when there are none.
+pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Microseconds, as a JSON number with one decimal.
+pub(crate) fn us(d: Duration) -> f64 {
+    round(d.as_secs_f64() * 1e6, 1)
+}
+
+/// Milliseconds, as a JSON number with two decimals.
+pub(crate) fn ms(d: Duration) -> f64 {
+    round(d.as_secs_f64() * 1e3, 2)
+}
+
+/// `x` rounded to `decimals` places.
+pub(crate) fn round(x: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (x * f).round() / f
+}
+
+/// `a / b` rounded to three decimals (`b` must not be zero).
+pub(crate) fn ratio(a: Duration, b: Duration) -> f64 {
+    round(a.as_secs_f64() / b.as_secs_f64().max(1e-12), 3)
+}
+
+/// p50, p99, mean, min and max of latency samples, in microseconds.
+pub(crate) fn summary_us(samples: &[Duration]) -> anyhow::Result<(Duration, Duration, Value)> {
+    let mut s = samples.to_vec();
+    s.sort();
+    let (Some(p50), Some(p99)) = (quantile(&s, 0.50), quantile(&s, 0.99)) else {
+        bail!("no samples");
+    };
+    let mean = s.iter().sum::<Duration>() / s.len() as u32;
+    let v = json!({
+        "p50_us": us(p50),
+        "p99_us": us(p99),
+        "mean_us": us(mean),
+        "min_us": us(s[0]),
+        "max_us": us(s[s.len() - 1]),
+        "samples": s.len(),
+    });
+    Ok((p50, p99, v))
+}
+
+/// This process's resident memory, in bytes (`VmRSS` in `/proc/self/status`).
+pub(crate) fn rss_bytes() -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS in /proc/self/status")?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmRSS line")?
+        .parse()
+        .context("malformed VmRSS value")?;
+    Ok(kb * 1024)
+}
+
+/// Open file descriptors of this process (each TCP connection end is one).
+pub(crate) fn open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
+/// Facts about the machine, stamped on every report.
+pub(crate) fn machine() -> Value {
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "debug_build": cfg!(debug_assertions),
+    })
+}
+
+/// A node configuration for in-process benchmarks: `Config::local()` (its timers, limits and
+/// queues), listening on loopback TCP only.
+pub(crate) fn local_config() -> anyhow::Result<Config> {
+    let mut config = Config::local();
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+    Ok(config)
+}
+
+/// An in-process `agora_net` node.
+pub(crate) struct Node {
+    pub handle: NetHandle,
+    /// Its TCP address, with its `/p2p/` peer id.
+    pub addr: Multiaddr,
+    pub events: Option<mpsc::Receiver<NetEvent>>,
+    pub task: JoinHandle<()>,
+}
+
+/// Spawns a node and waits until it listens.
+pub(crate) async fn start_node(config: Config) -> anyhow::Result<Node> {
+    let Network {
+        handle,
+        events,
+        task,
+    } = agora_net::spawn(
+        Keypair::generate_ed25519(),
+        config,
+        &mut Registry::default(),
+    )?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        if let Some(a) = handle.status().await?.listen_addresses.first() {
+            break a.clone();
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("node did not start listening within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let addr = addr.with(Protocol::P2p(handle.local_peer_id()));
+    Ok(Node {
+        handle,
+        addr,
+        events: Some(events),
+        task,
+    })
+}
+
+/// Takes a node's event queue and serves it in a task: echo requests are answered, gossip is
+/// passed to `on_gossip`, the rest is dropped (as a node would, it keeps the queue drained).
+pub(crate) fn serve(
+    node: &mut Node,
+    on_gossip: impl Fn(agora_types::wire::GossipMessage) + Send + 'static,
+) {
+    let Some(mut events) = node.events.take() else {
+        return;
+    };
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            match e {
+                NetEvent::Request {
+                    request: agora_types::wire::Request::Echo(b),
+                    reply,
+                    ..
+                } => {
+                    let _ = reply.send(agora_types::wire::Response::Echo(b));
+                }
+                NetEvent::Gossip { message, .. } => on_gossip(message),
+                _ => {}
+            }
+        }
+    });
+}
+
+/// Stops every node (concurrently; each takes at most about a second) and waits for their tasks.
+pub(crate) async fn shutdown_all(nodes: Vec<Node>) {
+    let stops = nodes.into_iter().map(|n| async move {
+        let _ = n.handle.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), n.task).await;
+    });
+    futures::future::join_all(stops).await;
+}
+
+/// Connected-peer counts of every node: (min, mean, max).
+pub(crate) async fn connectivity(nodes: &[Node]) -> anyhow::Result<(usize, f64, usize)> {
+    let mut counts = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        counts.push(n.handle.status().await?.connected_peers);
+    }
+    let min = counts.iter().copied().min().unwrap_or(0);
+    let max = counts.iter().copied().max().unwrap_or(0);
+    let mean = counts.iter().sum::<usize>() as f64 / counts.len().max(1) as f64;
+    Ok((min, round(mean, 1), max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let s: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile(&s, 0.5), Some(Duration::from_millis(50)));
+        assert_eq!(quantile(&s, 0.99), Some(Duration::from_millis(99)));
+        assert_eq!(quantile(&s, 1.0), Some(Duration::from_millis(100)));
+        assert_eq!(quantile(&s, 0.0), Some(Duration::from_millis(1)));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn rss_is_readable() {
+        assert!(rss_bytes().expect("VmRSS") > 0);
+    }
+}

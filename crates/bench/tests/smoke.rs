@@ -1,0 +1,115 @@
+//! Every benchmark at smoke size: it runs, and its report has the expected fields. No timing is
+//! checked (CI machines are too noisy for that).
+
+use agora_bench::{BENCHES, Opts, run};
+use serde_json::Value;
+
+fn has(report: &Value, path: &[&str]) {
+    let mut v = report;
+    for key in path {
+        v = v
+            .get(key)
+            .unwrap_or_else(|| panic!("no `{}` in {report:#}", path.join(".")));
+    }
+}
+
+fn number(report: &Value, path: &[&str]) -> f64 {
+    let mut v = report;
+    for key in path {
+        v = &v[key];
+    }
+    v.as_f64()
+        .unwrap_or_else(|| panic!("`{}` is not a number in {report:#}", path.join(".")))
+}
+
+async fn smoke(name: &str) -> Value {
+    let opts = Opts {
+        smoke: true,
+        ..Opts::default()
+    };
+    let report = run(name, &opts)
+        .await
+        .unwrap_or_else(|e| panic!("bench {name}: {e:#}"));
+    assert_eq!(report["bench"], name, "{report:#}");
+    report
+}
+
+fn goal(report: &Value) {
+    assert!(report["goal"].is_string(), "{report:#}");
+    assert!(report["goal_met"].is_boolean(), "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bench_reports_its_fields() {
+    let started = std::time::Instant::now();
+
+    let r = smoke("rr").await;
+    goal(&r);
+    for p in [
+        &["agora", "p50_us"][..],
+        &["agora", "p99_us"],
+        &["baseline", "p50_us"],
+        &["baseline", "p99_us"],
+        &["ratio_p50"],
+        &["ratio_p99"],
+    ] {
+        assert!(number(&r, p) > 0.0, "{r:#}");
+    }
+    assert_eq!(r["requests"], 50);
+
+    let r = smoke("gossip").await;
+    goal(&r);
+    assert_eq!(r["nodes"], 20);
+    assert_eq!(r["baseline"]["hops"], 2);
+    assert!(number(&r, &["baseline", "bound_ms"]) > 0.0);
+    has(&r, &["time_to_99pct_ms", "p50"]);
+    has(&r, &["time_to_99pct_ms", "p95"]);
+    has(&r, &["ratio"]);
+    let d = number(&r, &["delivery_ratio"]);
+    assert!((0.0..=1.0).contains(&d), "{r:#}");
+    // The injected latency is really there: any round trip crosses the link at least twice.
+    let floor = 2.0 * number(&r, &["link_latency_ms"]);
+    assert!(
+        number(&r, &["link_check", "echo_rtt_p50_ms"]) >= floor,
+        "{r:#}"
+    );
+    if let Some(ping) = r["link_check"]["ping_rtt_p50_ms"].as_f64() {
+        assert!(ping >= floor, "{r:#}");
+    }
+
+    let r = smoke("exec").await;
+    goal(&r);
+    for p in [
+        &["trivial", "agora", "p50_us"][..],
+        &["trivial", "baseline", "p50_us"],
+        &["trivial", "ratio_p50"],
+        &["cpu", "agora_ms"],
+        &["cpu", "baseline_ms"],
+        &["cpu", "ratio"],
+        &["cpu", "fuel_used"],
+    ] {
+        assert!(number(&r, p) > 0.0, "{r:#}");
+    }
+
+    let r = smoke("scale").await;
+    goal(&r);
+    let sizes = r["sizes"].as_array().expect("sizes");
+    assert_eq!(sizes.len(), 1);
+    assert_eq!(sizes[0]["nodes"], 10);
+    assert!(number(&sizes[0], &["per_node_mb"]) >= 0.0);
+    has(&r, &["per_node_mb_worst"]);
+
+    for name in ["ledger", "dispatch"] {
+        let r = smoke(name).await;
+        assert_eq!(r["status"], "not_landed", "{r:#}");
+        assert!(r["reason"].is_string(), "{r:#}");
+    }
+
+    // Every listed bench was covered, and unknown names are refused.
+    assert_eq!(
+        BENCHES,
+        &["rr", "gossip", "exec", "scale", "ledger", "dispatch"]
+    );
+    assert!(run("nope", &Opts::default()).await.is_err());
+    eprintln!("smoke run took {:?}", started.elapsed());
+}

@@ -1,0 +1,968 @@
+//! The submitter side of the market: one state machine for every job this node submitted.
+//!
+//! [`Market::handle`] takes one [`Input`] and the current time and returns the [`Output`]s the
+//! node must carry out (gossip, direct messages, persistence). Nothing in here reads a clock or
+//! touches the network; timers are absolute deadlines that fire on [`Input::Tick`], and
+//! [`Market::next_deadline`] says when the next one is due.
+//!
+//! # Rules
+//!
+//! - **Submit**: the job is recorded and announced, and a bid window opens for
+//!   [`Config::bid_window_ms`]. It closes early once the unused bids cover both the workers still
+//!   needed and every free capable worker the index knew of at announce time.
+//! - **Bids** are kept one per worker (a later bid replaces an earlier one), only while the job is
+//!   pending, only at or under its `max_price`, at most [`Config::max_bids_per_job`].
+//! - **Window close**: the best unused bidders are leased ([`mod@crate::select`]). When there are too
+//!   few, the job records a [`WaitReason`] from the capability index and is announced again after
+//!   an exponential backoff. A bid arriving while no window is open and the job is short of
+//!   workers is leased at once.
+//! - **Lost leases** (refused, expired, worker disconnected) cost the worker reputation and are
+//!   replaced by the next-best unused bidder, or by a new announcement.
+//! - **Results** are accepted only from a worker holding an active lease, once. A verdict wins
+//!   when it has at least `r` votes and a strict majority; when no verdict can win with the
+//!   results still expected, replicas are added up to [`Config::extra_replica_cap`], then the
+//!   job fails with [`FailReason::NoQuorum`].
+//! - **Decision**: agreeing workers get [`ReputationAction::ResultAgreed`], dissenting ones
+//!   [`ReputationAction::InvalidCompute`], outstanding leases are cancelled. An agreed
+//!   `Outcome::Failed` ends the job [`FailReason::Failed`] (the module's fault, not the workers').
+//! - **Deadline** and **Cancel** end the job and cancel its leases.
+//! - Every change of a record emits [`Output::Persist`] once per `handle` call, except the
+//!   arrival of a bid on its own: bids are soft state, so a bid flood cannot become a flood of
+//!   disk writes (a restored job that needs workers is announced again and collects new bids).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use agora_types::job::{Bid, CapabilityAd, JobId, Lease, Outcome, SignedJob, WorkResult, job_id};
+use agora_types::{PeerId, UnixMillis};
+
+use crate::config::Config;
+use crate::index::CapabilityIndex;
+use crate::job::{
+    BidRecord, FailReason, JobRecord, JobState, LeaseRecord, LeaseStatus, ResultRecord, WaitReason,
+};
+use crate::reputation::{Reputation, ReputationAction};
+use crate::select::{self, BidInfo};
+
+/// The longest refusal reason kept from a worker, in bytes.
+const MAX_REASON_LEN: usize = 200;
+
+/// Something that happened, fed to [`Market::handle`].
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// The local user submits a job (already signature-checked and validated by the node).
+    Submit(SignedJob),
+    /// A peer's capability ad arrived on `agora/capabilities/1`.
+    CapabilityAd {
+        /// The advertising peer.
+        from: PeerId,
+        /// Its ad.
+        ad: CapabilityAd,
+        /// Its IP address, if the transport knows it.
+        ip: Option<IpAddr>,
+    },
+    /// A worker's bid (signature checked by the node; `from` is the signer).
+    Bid {
+        /// The bidder.
+        from: PeerId,
+        /// The bid.
+        bid: Bid,
+        /// The measured round trip time to the bidder, if known.
+        rtt_ms: Option<u32>,
+        /// The bidder's IP address, if known.
+        ip: Option<IpAddr>,
+    },
+    /// A worker confirmed a lease.
+    LeaseAccepted {
+        /// The job.
+        job_id: JobId,
+        /// The worker.
+        worker: PeerId,
+    },
+    /// A worker refused a lease, or the lease could not be delivered to it.
+    LeaseRefused {
+        /// The job.
+        job_id: JobId,
+        /// The worker.
+        worker: PeerId,
+        /// Why, as told by the worker or the transport.
+        reason: String,
+    },
+    /// A worker's result (signature checked by the node; `from` is the signer). The output bytes
+    /// may have been stripped: only `result.outcome` is used.
+    Result {
+        /// The worker.
+        from: PeerId,
+        /// Its result.
+        result: WorkResult,
+    },
+    /// The connection to a peer was lost.
+    PeerDisconnected(PeerId),
+    /// A reputation change gossiped on `agora/reputation/1` by `reporter`.
+    RemoteReputation {
+        /// Who reported it (the signer).
+        reporter: PeerId,
+        /// Whom it concerns.
+        subject: PeerId,
+        /// The reported change.
+        delta: i64,
+    },
+    /// The local user cancels a job.
+    Cancel(JobId),
+    /// Time passed: fire due timers. Send one at [`Market::next_deadline`].
+    Tick,
+}
+
+/// Something the node must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Gossip this job on `agora/jobs/1`.
+    Announce(SignedJob),
+    /// Send this lease to `worker`. If it cannot be delivered, feed back
+    /// [`Input::LeaseRefused`].
+    SendLease {
+        /// The worker picked.
+        worker: PeerId,
+        /// The lease.
+        lease: Lease,
+    },
+    /// Tell `worker` its lease on `job_id` is withdrawn (best effort).
+    CancelLease {
+        /// The worker.
+        worker: PeerId,
+        /// The job.
+        job_id: JobId,
+    },
+    /// The job is verified: `outcome` is the agreed outcome (from the first agreeing worker) and
+    /// `workers` the quorum.
+    Verified {
+        /// The job.
+        job_id: JobId,
+        /// The agreed outcome.
+        outcome: Outcome,
+        /// The workers that agreed.
+        workers: Vec<PeerId>,
+    },
+    /// The job failed.
+    Failed {
+        /// The job.
+        job_id: JobId,
+        /// Why.
+        reason: FailReason,
+    },
+    /// The local reputation of `peer` changed by this node's own observation; publish it on
+    /// `agora/reputation/1`. `delta` is the action's nominal delta (what other peers weigh),
+    /// which may differ from the change the local book applied at its clamps.
+    Reputation {
+        /// Whom it concerns.
+        peer: PeerId,
+        /// What it did.
+        action: ReputationAction,
+        /// The action's delta.
+        delta: i64,
+        /// The job it concerns.
+        job_id: Option<JobId>,
+    },
+    /// The job's record changed: write [`Market::job`] to disk. When [`Market::job`] returns
+    /// `None` the record was evicted (see [`Config::max_jobs`]): delete it.
+    Persist(JobId),
+}
+
+/// The outputs of one `handle` call, with the records it changed.
+#[derive(Default)]
+struct Effects {
+    out: Vec<Output>,
+    changed: BTreeSet<JobId>,
+}
+
+impl Effects {
+    fn finish(self) -> Vec<Output> {
+        let mut out = self.out;
+        out.extend(self.changed.into_iter().map(Output::Persist));
+        out
+    }
+}
+
+/// What job-level rules need besides the record itself.
+struct Ctx<'a> {
+    config: &'a Config,
+    local: PeerId,
+    reputation: &'a mut Reputation,
+    index: &'a CapabilityIndex,
+    fx: &'a mut Effects,
+    now: UnixMillis,
+}
+
+impl Ctx<'_> {
+    fn log(&mut self, rec: &mut JobRecord, event: impl Into<String>) {
+        rec.log(self.now, self.config.max_timeline, event);
+        self.fx.changed.insert(rec.id);
+    }
+
+    fn reputation(&mut self, peer: PeerId, action: ReputationAction, job_id: Option<JobId>) {
+        self.reputation.apply(peer, action);
+        self.fx.out.push(Output::Reputation {
+            peer,
+            action,
+            delta: action.delta(),
+            job_id,
+        });
+    }
+
+    fn announce(&mut self, rec: &mut JobRecord) {
+        rec.announce_attempts = rec.announce_attempts.saturating_add(1);
+        rec.last_announce_ms = self.now;
+        rec.next_announce_ms = None;
+        rec.bid_window_closes_ms = Some(self.now.saturating_add(self.config.bid_window_ms));
+        // The local node may or may not bid on its own jobs: don't wait for it.
+        let mut exclude = rec.used_workers();
+        exclude.insert(self.local);
+        let avail = self
+            .index
+            .query_excluding(&rec.job.payload, self.now, &exclude);
+        rec.expected_bidders = avail.free;
+        self.fx.out.push(Output::Announce(rec.job.clone()));
+        let msg = format!(
+            "announced (attempt {}); {} free capable workers known",
+            rec.announce_attempts, avail.free
+        );
+        self.log(rec, msg);
+    }
+
+    fn unused_bids(&self, rec: &JobRecord) -> usize {
+        let used = rec.used_workers();
+        rec.bids
+            .iter()
+            .filter(|b| !used.contains(&b.worker))
+            .count()
+    }
+
+    fn on_bid(
+        &mut self,
+        rec: &mut JobRecord,
+        from: PeerId,
+        bid: Bid,
+        rtt_ms: Option<u32>,
+        ip: Option<IpAddr>,
+    ) {
+        if rec.is_finished() || bid.price > rec.job.payload.max_price {
+            return;
+        }
+        // A worker that lost a lease may bid again only after the next announcement: this
+        // rate-limits bid-and-refuse loops.
+        if let Some(l) = rec.lease_of(&from)
+            && l.is_lost()
+            && l.ended_ms.is_some_and(|t| t > rec.last_announce_ms)
+        {
+            return;
+        }
+        let record = BidRecord {
+            worker: from,
+            price: bid.price,
+            free_slots: bid.free_slots,
+            total_slots: bid.total_slots,
+            rtt_ms,
+            ip,
+            received_ms: self.now,
+        };
+        if let Some(existing) = rec.bids.iter_mut().find(|b| b.worker == from) {
+            *existing = record;
+        } else if rec.bids.len() < self.config.max_bids_per_job {
+            rec.bids.push(record);
+        } else {
+            // Full: replace the worst unused bid, if the new one is better.
+            let used = rec.used_workers();
+            let max_price = rec.job.payload.max_price;
+            let w = &self.config.weights;
+            let rep = &*self.reputation;
+            let score = |b: &BidInfo| select::score(b, max_price, rep.score(&b.worker), w);
+            let new_score = score(&record.info());
+            let worst = rec
+                .bids
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| !used.contains(&b.worker))
+                .map(|(i, b)| (i, score(&b.info())))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            match worst {
+                Some((i, s)) if new_score > s => rec.bids[i] = record,
+                _ => return,
+            }
+        }
+        // Bids are soft state: they are neither logged nor persisted on their own (a bid flood
+        // must not become a disk-write flood); a restored job that still needs workers is
+        // announced again and collects fresh ones.
+        match rec.bid_window_closes_ms {
+            Some(_) => {
+                let unused = self.unused_bids(rec);
+                if unused >= rec.needed() && unused >= rec.expected_bidders {
+                    self.close_window(rec);
+                }
+            }
+            None => {
+                if rec.needed() > 0 {
+                    self.refill(rec);
+                }
+            }
+        }
+    }
+
+    fn close_window(&mut self, rec: &mut JobRecord) {
+        rec.bid_window_closes_ms = None;
+        let msg = format!(
+            "bid window closed: {} bids, {} unused",
+            rec.bids.len(),
+            self.unused_bids(rec)
+        );
+        self.log(rec, msg);
+        self.refill(rec);
+    }
+
+    /// Leases workers until the target is covered, or records why it cannot be and schedules a
+    /// new announcement. Does nothing while a bid window is open (its close will call this).
+    fn refill(&mut self, rec: &mut JobRecord) {
+        if rec.is_finished() {
+            return;
+        }
+        if rec.lease_failures > self.config.max_attempts {
+            let lease_failures = rec.lease_failures;
+            self.fail(rec, FailReason::Exhausted { lease_failures });
+            return;
+        }
+        if rec.bid_window_closes_ms.is_some() {
+            return;
+        }
+        let needed = rec.needed();
+        if needed > 0 {
+            self.lease_to_bidders(rec, needed);
+        }
+        let needed = rec.needed();
+        if needed == 0 {
+            if rec.waiting.is_some() || rec.next_announce_ms.is_some() {
+                rec.waiting = None;
+                rec.next_announce_ms = None;
+                self.fx.changed.insert(rec.id);
+            }
+            rec.backoff_ms = self.config.reannounce_initial_ms;
+            return;
+        }
+        let spec = &rec.job.payload;
+        let used = rec.used_workers();
+        let avail = self.index.query_excluding(spec, self.now, &used);
+        let wait = WaitReason::from_availability(
+            &avail,
+            &spec.capabilities,
+            spec.limits.memory_bytes,
+            spec.max_price,
+            used.len(),
+        );
+        if rec.waiting.as_ref() != Some(&wait) {
+            let msg = format!("waiting: {wait}");
+            rec.waiting = Some(wait);
+            self.log(rec, msg);
+        }
+        if rec.next_announce_ms.is_none() {
+            let at = self
+                .now
+                .max(rec.last_announce_ms.saturating_add(rec.backoff_ms));
+            rec.next_announce_ms = Some(at);
+            rec.backoff_ms = rec
+                .backoff_ms
+                .saturating_mul(2)
+                .clamp(1, self.config.reannounce_max_ms.max(1));
+            let msg = format!(
+                "short of {needed} workers; announcing again in {} ms",
+                at - self.now
+            );
+            self.log(rec, msg);
+        }
+    }
+
+    fn lease_to_bidders(&mut self, rec: &mut JobRecord, needed: usize) {
+        let used = rec.used_workers();
+        let infos: Vec<BidInfo> = rec.bids.iter().map(BidRecord::info).collect();
+        let picked = select::select(
+            &rec.id,
+            rec.job.payload.max_price,
+            &infos,
+            needed,
+            &used,
+            self.reputation,
+            &self.config.weights,
+        );
+        let expires_ms = self
+            .now
+            .saturating_add(rec.job.payload.limits.wall_time_ms)
+            .saturating_add(self.config.lease_grace_ms)
+            .saturating_add(self.config.fetch_allowance_ms);
+        for worker in picked {
+            let price = rec
+                .bids
+                .iter()
+                .find(|b| b.worker == worker)
+                .map_or(rec.job.payload.max_price, |b| b.price);
+            rec.leases.push(LeaseRecord {
+                worker,
+                price,
+                offered_ms: self.now,
+                expires_ms,
+                status: LeaseStatus::Offered,
+                ended_ms: None,
+            });
+            self.fx.out.push(Output::SendLease {
+                worker,
+                lease: Lease {
+                    job: rec.job.clone(),
+                    price,
+                    expires_ms,
+                },
+            });
+            if rec.state == JobState::Bidding {
+                rec.state = JobState::Running;
+            }
+            self.log(rec, format!("leased to {worker} at price {price}"));
+        }
+    }
+
+    fn cancel_leases(&mut self, rec: &mut JobRecord) {
+        for l in rec.leases.iter_mut().filter(|l| l.status.is_active()) {
+            l.status = LeaseStatus::Cancelled;
+            l.ended_ms = Some(self.now);
+            self.fx.out.push(Output::CancelLease {
+                worker: l.worker,
+                job_id: rec.id,
+            });
+        }
+    }
+
+    fn finish(&mut self, rec: &mut JobRecord) {
+        rec.finished_ms = Some(self.now);
+        rec.waiting = None;
+        rec.bid_window_closes_ms = None;
+        rec.next_announce_ms = None;
+        self.fx.changed.insert(rec.id);
+    }
+
+    fn fail(&mut self, rec: &mut JobRecord, reason: FailReason) {
+        if rec.is_finished() {
+            return;
+        }
+        self.cancel_leases(rec);
+        rec.state = JobState::Failed;
+        rec.fail_reason = Some(reason.clone());
+        self.finish(rec);
+        self.log(rec, format!("failed: {reason}"));
+        self.fx.out.push(Output::Failed {
+            job_id: rec.id,
+            reason,
+        });
+    }
+
+    /// A lease was lost (refused, expired, disconnected): count it, charge the worker, replace it.
+    fn lost_lease(
+        &mut self,
+        rec: &mut JobRecord,
+        worker: PeerId,
+        status: LeaseStatus,
+        action: ReputationAction,
+        why: &str,
+    ) {
+        let Some(lease) = rec.lease_mut(&worker) else {
+            return;
+        };
+        if !lease.status.is_active() {
+            return;
+        }
+        lease.status = status;
+        lease.ended_ms = Some(self.now);
+        rec.lease_failures = rec.lease_failures.saturating_add(1);
+        // Its bid is spent: it must bid again (on a later announcement) to be leased again.
+        rec.bids.retain(|b| b.worker != worker);
+        self.reputation(worker, action, Some(rec.id));
+        if matches!(status, LeaseStatus::Expired | LeaseStatus::Disconnected) {
+            self.fx.out.push(Output::CancelLease {
+                worker,
+                job_id: rec.id,
+            });
+        }
+        self.log(rec, format!("lease of {worker} lost: {why}"));
+    }
+
+    fn on_result(&mut self, rec: &mut JobRecord, from: PeerId, outcome: Outcome) {
+        let Some(lease) = rec.lease_mut(&from) else {
+            self.reputation(from, ReputationAction::BadMessage, Some(rec.id));
+            self.log(rec, format!("ignored an unsolicited result from {from}"));
+            return;
+        };
+        if !lease.status.is_active() {
+            // Late (expired, cancelled) or a duplicate: not malicious, just useless.
+            return;
+        }
+        lease.status = LeaseStatus::Completed;
+        lease.ended_ms = Some(self.now);
+        let verdict = outcome.verdict();
+        rec.results.push(ResultRecord {
+            worker: from,
+            outcome,
+            verdict,
+            received_ms: self.now,
+            agreed: None,
+        });
+        self.log(
+            rec,
+            format!("result from {from}: verdict {}", verdict.short()),
+        );
+        self.evaluate(rec);
+    }
+
+    fn evaluate(&mut self, rec: &mut JobRecord) {
+        let r = rec.redundancy();
+        let tally = rec.tally();
+        if let Some(v) = tally.agreed(r) {
+            self.decide(rec, v);
+            return;
+        }
+        // The fewest results that could still settle it, if all further ones agree with the
+        // leader.
+        let want = rec.results.len() + tally.replicas_needed(r);
+        if want > rec.target_replicas {
+            if want > r + self.config.extra_replica_cap(r) {
+                let results = rec.results.len();
+                self.fail(rec, FailReason::NoQuorum { results });
+                return;
+            }
+            let added = want - rec.target_replicas;
+            rec.target_replicas = want;
+            let msg = format!(
+                "results disagree ({} verdicts over {} results); adding {added} replica(s)",
+                rec.results
+                    .iter()
+                    .map(|x| x.verdict)
+                    .collect::<BTreeSet<_>>()
+                    .len(),
+                rec.results.len()
+            );
+            self.log(rec, msg);
+        }
+        self.refill(rec);
+    }
+
+    fn decide(&mut self, rec: &mut JobRecord, verdict: agora_types::Hash) {
+        let mut quorum = Vec::new();
+        let mut outcome = None;
+        let mut verdicts = Vec::new();
+        for res in rec.results.iter_mut() {
+            let agreed = res.verdict == verdict;
+            res.agreed = Some(agreed);
+            verdicts.push((res.worker, agreed));
+            if agreed {
+                quorum.push(res.worker);
+                if outcome.is_none() {
+                    outcome = Some(res.outcome.clone());
+                }
+            }
+        }
+        let Some(outcome) = outcome else {
+            return;
+        };
+        rec.outcome = Some(outcome.clone());
+        rec.quorum = quorum.clone();
+        match &outcome {
+            Outcome::Completed { output_hash, .. } => {
+                rec.state = JobState::Verified;
+                self.finish(rec);
+                let msg = format!(
+                    "verified by {} of {} workers: output {}",
+                    quorum.len(),
+                    rec.results.len(),
+                    output_hash.short()
+                );
+                self.log(rec, msg);
+                self.fx.out.push(Output::Verified {
+                    job_id: rec.id,
+                    outcome: outcome.clone(),
+                    workers: quorum,
+                });
+            }
+            Outcome::Failed { kind, detail } => {
+                let reason = FailReason::Failed {
+                    kind: kind.clone(),
+                    detail: detail.clone(),
+                };
+                rec.state = JobState::Failed;
+                rec.fail_reason = Some(reason.clone());
+                self.finish(rec);
+                self.log(
+                    rec,
+                    format!("failed on {} agreeing workers: {reason}", quorum.len()),
+                );
+                self.fx.out.push(Output::Failed {
+                    job_id: rec.id,
+                    reason,
+                });
+            }
+        }
+        for (worker, agreed) in verdicts {
+            let action = if agreed {
+                ReputationAction::ResultAgreed
+            } else {
+                ReputationAction::InvalidCompute
+            };
+            self.reputation(worker, action, Some(rec.id));
+        }
+        self.cancel_leases(rec);
+    }
+
+    fn tick(&mut self, rec: &mut JobRecord) {
+        if rec.is_finished() {
+            return;
+        }
+        let deadline = rec.job.payload.deadline_ms;
+        if deadline != 0 && self.now >= deadline {
+            self.fail(rec, FailReason::Deadline);
+            return;
+        }
+        let now = self.now;
+        let expired: Vec<PeerId> = rec
+            .active_leases()
+            .filter(|l| l.expires_ms <= now)
+            .map(|l| l.worker)
+            .collect();
+        for w in &expired {
+            self.lost_lease(
+                rec,
+                *w,
+                LeaseStatus::Expired,
+                ReputationAction::LeaseExpired,
+                "expired without a result",
+            );
+        }
+        if rec.bid_window_closes_ms.is_some_and(|t| t <= now) {
+            self.close_window(rec);
+        } else if !expired.is_empty() {
+            self.refill(rec);
+        }
+        if !rec.is_finished() && rec.next_announce_ms.is_some_and(|t| t <= now) {
+            self.announce(rec);
+        }
+    }
+}
+
+/// The submitter's market: every job this node submitted, the capability index and the local
+/// reputation book.
+#[derive(Debug)]
+pub struct Market {
+    config: Config,
+    local: PeerId,
+    jobs: BTreeMap<JobId, JobRecord>,
+    reputation: Reputation,
+    index: CapabilityIndex,
+}
+
+impl Market {
+    /// A market for the node `local`, with no jobs.
+    pub fn new(config: Config, local: PeerId) -> Self {
+        let reputation = Reputation::new(config.max_reputation_entries);
+        let index = CapabilityIndex::new(config.ad_ttl_ms, config.max_index_entries);
+        Market {
+            config,
+            local,
+            jobs: BTreeMap::new(),
+            reputation,
+            index,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The local node's peer id.
+    pub fn local(&self) -> PeerId {
+        self.local
+    }
+
+    /// Feeds one input at time `now`; returns what the node must do, in order.
+    pub fn handle(&mut self, input: Input, now: UnixMillis) -> Vec<Output> {
+        let mut fx = Effects::default();
+        match input {
+            Input::Submit(job) => self.submit(job, now, &mut fx),
+            Input::CapabilityAd { from, ad, ip } => {
+                self.index.insert(from, ad, ip, now);
+            }
+            Input::Bid {
+                from,
+                bid,
+                rtt_ms,
+                ip,
+            } => {
+                let id = bid.job_id;
+                self.with_job(&id, now, &mut fx, |ctx, rec| {
+                    ctx.on_bid(rec, from, bid, rtt_ms, ip)
+                });
+            }
+            Input::LeaseAccepted { job_id, worker } => {
+                self.with_job(&job_id, now, &mut fx, |ctx, rec| {
+                    if let Some(l) = rec.lease_mut(&worker)
+                        && l.status == LeaseStatus::Offered
+                    {
+                        l.status = LeaseStatus::Accepted;
+                        ctx.log(rec, format!("{worker} accepted its lease"));
+                    }
+                });
+            }
+            Input::LeaseRefused {
+                job_id,
+                worker,
+                reason,
+            } => {
+                let reason = truncate(&reason, MAX_REASON_LEN);
+                self.with_job(&job_id, now, &mut fx, |ctx, rec| {
+                    if rec.is_finished() {
+                        return;
+                    }
+                    let why = format!("refused: {reason}");
+                    ctx.lost_lease(
+                        rec,
+                        worker,
+                        LeaseStatus::Refused,
+                        ReputationAction::LeaseRefused,
+                        &why,
+                    );
+                    ctx.refill(rec);
+                });
+            }
+            Input::Result { from, result } => {
+                let id = result.job_id;
+                self.with_job(&id, now, &mut fx, |ctx, rec| {
+                    ctx.on_result(rec, from, result.outcome)
+                });
+            }
+            Input::PeerDisconnected(peer) => {
+                let ids: Vec<JobId> = self
+                    .jobs
+                    .values()
+                    .filter(|r| !r.is_finished() && r.active_leases().any(|l| l.worker == peer))
+                    .map(|r| r.id)
+                    .collect();
+                for id in ids {
+                    self.with_job(&id, now, &mut fx, |ctx, rec| {
+                        ctx.lost_lease(
+                            rec,
+                            peer,
+                            LeaseStatus::Disconnected,
+                            ReputationAction::Disconnected,
+                            "worker disconnected",
+                        );
+                        ctx.refill(rec);
+                    });
+                }
+            }
+            Input::RemoteReputation {
+                reporter,
+                subject,
+                delta,
+            } => {
+                if reporter != self.local {
+                    self.reputation.apply_remote(reporter, subject, delta);
+                }
+            }
+            Input::Cancel(id) => {
+                self.with_job(&id, now, &mut fx, |ctx, rec| {
+                    ctx.fail(rec, FailReason::Cancelled)
+                });
+            }
+            Input::Tick => {
+                self.index.expire(now);
+                let due: Vec<JobId> = self
+                    .jobs
+                    .values()
+                    .filter(|r| r.next_deadline().is_some_and(|d| d <= now))
+                    .map(|r| r.id)
+                    .collect();
+                for id in due {
+                    self.with_job(&id, now, &mut fx, |ctx, rec| ctx.tick(rec));
+                }
+            }
+        }
+        fx.finish()
+    }
+
+    fn with_job<R>(
+        &mut self,
+        id: &JobId,
+        now: UnixMillis,
+        fx: &mut Effects,
+        f: impl FnOnce(&mut Ctx<'_>, &mut JobRecord) -> R,
+    ) -> Option<R> {
+        let rec = self.jobs.get_mut(id)?;
+        let mut ctx = Ctx {
+            config: &self.config,
+            local: self.local,
+            reputation: &mut self.reputation,
+            index: &self.index,
+            fx,
+            now,
+        };
+        Some(f(&mut ctx, rec))
+    }
+
+    /// Makes room for one more job: forgets the oldest finished job if the market is full.
+    /// Returns false when every tracked job is pending.
+    fn make_room(&mut self, fx: &mut Effects) -> bool {
+        if self.jobs.len() < self.config.max_jobs.max(1) {
+            return true;
+        }
+        let oldest = self
+            .jobs
+            .values()
+            .filter(|r| r.is_finished())
+            .min_by_key(|r| (r.finished_ms.unwrap_or(0), r.id))
+            .map(|r| r.id);
+        match oldest {
+            Some(id) => {
+                self.jobs.remove(&id);
+                fx.changed.insert(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn submit(&mut self, job: SignedJob, now: UnixMillis, fx: &mut Effects) {
+        let id = job_id(&job);
+        if self.jobs.contains_key(&id) {
+            tracing::debug!(job = %id.short(), "duplicate submission ignored");
+            return;
+        }
+        if !self.make_room(fx) {
+            fx.out.push(Output::Failed {
+                job_id: id,
+                reason: FailReason::TooManyJobs {
+                    max: self.config.max_jobs,
+                },
+            });
+            return;
+        }
+        let mut rec = JobRecord::new(id, job, now, self.config.reannounce_initial_ms);
+        let mut ctx = Ctx {
+            config: &self.config,
+            local: self.local,
+            reputation: &mut self.reputation,
+            index: &self.index,
+            fx,
+            now,
+        };
+        let spec = &rec.job.payload;
+        let msg = format!(
+            "submitted: redundancy {}, max price {}",
+            spec.redundancy, spec.max_price
+        );
+        ctx.log(&mut rec, msg);
+        let deadline = rec.job.payload.deadline_ms;
+        if deadline != 0 && now >= deadline {
+            ctx.fail(&mut rec, FailReason::Deadline);
+        } else {
+            ctx.announce(&mut rec);
+        }
+        self.jobs.insert(id, rec);
+    }
+
+    /// Reloads records persisted before a restart. Finished jobs are kept as they were. Pending
+    /// jobs resume: leases keep their expiry and results are kept; a job that was bidding, waiting
+    /// to be re-announced or short of workers is announced again now. Records whose id does not
+    /// match their job, or that are already tracked, are skipped.
+    pub fn restore(&mut self, records: Vec<JobRecord>, now: UnixMillis) -> Vec<Output> {
+        let mut fx = Effects::default();
+        let mut records = records;
+        records.sort_by_key(|r| (r.created_ms, r.id));
+        for mut rec in records {
+            if job_id(&rec.job) != rec.id {
+                tracing::warn!(job = %rec.id.short(), "restored record does not match its job; skipped");
+                continue;
+            }
+            if self.jobs.contains_key(&rec.id) {
+                continue;
+            }
+            if !self.make_room(&mut fx) {
+                if !rec.is_finished() {
+                    fx.out.push(Output::Failed {
+                        job_id: rec.id,
+                        reason: FailReason::TooManyJobs {
+                            max: self.config.max_jobs,
+                        },
+                    });
+                }
+                continue;
+            }
+            if !rec.is_finished() {
+                let mut ctx = Ctx {
+                    config: &self.config,
+                    local: self.local,
+                    reputation: &mut self.reputation,
+                    index: &self.index,
+                    fx: &mut fx,
+                    now,
+                };
+                ctx.log(&mut rec, "restored after a restart");
+                if rec.bid_window_closes_ms.is_some()
+                    || rec.next_announce_ms.is_some()
+                    || rec.needed() > 0
+                {
+                    ctx.announce(&mut rec);
+                }
+            }
+            self.jobs.insert(rec.id, rec);
+        }
+        fx.finish()
+    }
+
+    /// The record of job `id`.
+    pub fn job(&self, id: &JobId) -> Option<&JobRecord> {
+        self.jobs.get(id)
+    }
+
+    /// Every tracked job, in id order.
+    pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.jobs.values()
+    }
+
+    /// The local reputation book.
+    pub fn reputation(&self) -> &Reputation {
+        &self.reputation
+    }
+
+    /// The local reputation book, mutably (e.g. to load a persisted one).
+    pub fn reputation_mut(&mut self) -> &mut Reputation {
+        &mut self.reputation
+    }
+
+    /// The capability index.
+    pub fn index(&self) -> &CapabilityIndex {
+        &self.index
+    }
+
+    /// The earliest pending timer of any job: send [`Input::Tick`] then.
+    pub fn next_deadline(&self) -> Option<UnixMillis> {
+        self.jobs
+            .values()
+            .filter_map(JobRecord::next_deadline)
+            .min()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+#[path = "market_tests.rs"]
+mod tests;

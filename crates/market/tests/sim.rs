@@ -1,0 +1,488 @@
+//! A deterministic simulation of a small Agora network: ten nodes, each running a [`Market`] as
+//! submitter and the worker policy as worker, exchanging messages through an in-memory event
+//! queue with simulated latency and execution times. No threads, sockets or clocks: the same seed
+//! gives the same run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+
+use agora_market::worker::{Leases, Offer, bid_for};
+use agora_market::{Config, Input, JobState, Market, Output};
+use agora_types::job::{
+    Bid, CapabilityAd, JobId, JobLimits, JobSpec, Lease, Outcome, SignedJob, WorkResult, job_id,
+};
+use agora_types::sign::Signed;
+use agora_types::{Hash, Keypair, PeerId, UnixMillis};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const NODES: usize = 10;
+const JOBS: usize = 100;
+const AD_PERIOD_MS: u64 = 5_000;
+const TIME_LIMIT_MS: u64 = 600_000;
+
+/// What travels between nodes (or from a node to itself, for finished executions).
+#[derive(Clone, Debug)]
+enum Msg {
+    Announce(SignedJob),
+    Ad(CapabilityAd),
+    Reputation { subject: PeerId, delta: i64 },
+    Bid(Bid),
+    Lease(Lease),
+    LeaseAccepted(JobId),
+    LeaseRefused(JobId, String),
+    Result(WorkResult),
+    Cancel(JobId),
+    ExecDone { job: JobId, submitter: usize },
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Deliver { from: usize, to: usize, msg: Msg },
+    Tick(usize),
+    Submit(usize, SignedJob),
+    Advertise(usize),
+}
+
+struct Node {
+    key: Keypair,
+    peer: PeerId,
+    market: Market,
+    offer: Offer,
+    leases: Leases,
+    byzantine: bool,
+    ad_seq: u64,
+    tick_at: Option<UnixMillis>,
+}
+
+/// The result of one run, compared between runs for determinism.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Summary {
+    /// Per job: id, final state, agreed output hash, quorum size, results received.
+    jobs: Vec<(JobId, JobState, Option<Hash>, usize, usize)>,
+    /// Per node: its local reputation book.
+    books: Vec<Vec<(PeerId, i64)>>,
+    /// Jobs verified with the correct output.
+    correct: usize,
+    /// Jobs verified with a wrong output.
+    wrong: usize,
+    /// Sum over all nodes' books of each node's score.
+    totals: Vec<i64>,
+    /// Simulated time at the end.
+    end_ms: UnixMillis,
+    /// Events processed.
+    events: u64,
+}
+
+struct Sim {
+    nodes: Vec<Node>,
+    by_peer: HashMap<PeerId, usize>,
+    queue: BTreeMap<(UnixMillis, u64), Event>,
+    seq: u64,
+    now: UnixMillis,
+    rng: StdRng,
+    finished: usize,
+    events: u64,
+}
+
+fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
+}
+
+/// One-way latency between two nodes: fixed per pair, 5..45 ms.
+fn latency(a: usize, b: usize) -> u64 {
+    5 + ((a * 7 + b * 13) % 40) as u64
+}
+
+/// What an honest worker outputs for a job.
+fn correct_output(job: &JobId) -> Hash {
+    Hash::of(&[job.as_bytes().as_slice(), b"output"].concat())
+}
+
+impl Sim {
+    fn new(seed: u64, byzantine: &[usize]) -> Self {
+        let mut nodes = Vec::new();
+        let mut by_peer = HashMap::new();
+        for i in 0..NODES {
+            let key = Keypair::ed25519_from_bytes([i as u8 + 1; 32]).expect("key");
+            let peer = key.public().to_peer_id();
+            by_peer.insert(peer, i);
+            nodes.push(Node {
+                market: Market::new(Config::local(), peer),
+                key,
+                peer,
+                offer: Offer {
+                    capabilities: vec!["wasm".into()],
+                    price: 10 + (i as u64 % 5),
+                    memory_bytes: 1 << 30,
+                    max_wall_time_ms: 60_000,
+                },
+                leases: Leases::new(2 + i % 3),
+                byzantine: byzantine.contains(&i),
+                ad_seq: 0,
+                tick_at: None,
+            });
+        }
+        Sim {
+            nodes,
+            by_peer,
+            queue: BTreeMap::new(),
+            seq: 0,
+            now: 0,
+            rng: StdRng::seed_from_u64(seed),
+            finished: 0,
+            events: 0,
+        }
+    }
+
+    fn push(&mut self, at: UnixMillis, e: Event) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), e);
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        let at = self.now + latency(from, to);
+        self.push(at, Event::Deliver { from, to, msg });
+    }
+
+    fn broadcast(&mut self, from: usize, msg: Msg) {
+        for to in 0..NODES {
+            if to != from {
+                self.send(from, to, msg.clone());
+            }
+        }
+    }
+
+    fn spec(k: usize) -> JobSpec {
+        JobSpec {
+            module: Hash::of(b"module"),
+            module_size: 1_000,
+            input: Hash::of(&k.to_be_bytes()),
+            input_size: 8,
+            args: vec![],
+            limits: JobLimits {
+                fuel: 1_000_000,
+                memory_bytes: 1 << 20,
+                wall_time_ms: 1_000,
+            },
+            capabilities: vec!["wasm".into()],
+            redundancy: 3,
+            max_price: 100,
+            deadline_ms: 0,
+            nonce: k as u64,
+        }
+    }
+
+    fn run(mut self) -> Summary {
+        for i in 0..NODES {
+            self.push(0, Event::Advertise(i));
+        }
+        let mut ids = Vec::new();
+        for k in 0..JOBS {
+            let s = k % NODES;
+            let at = 100 + k as u64 * 50;
+            let job = Signed::sign(&self.nodes[s].key, Self::spec(k), at).expect("sign");
+            ids.push((s, job_id(&job)));
+            self.push(at, Event::Submit(s, job));
+        }
+        while let Some(((at, _), event)) = self.queue.pop_first() {
+            assert!(at >= self.now, "time goes forward");
+            if at > TIME_LIMIT_MS {
+                break;
+            }
+            self.now = at;
+            self.events += 1;
+            self.step(event);
+        }
+        self.summarize(&ids)
+    }
+
+    fn step(&mut self, event: Event) {
+        match event {
+            Event::Submit(n, job) => self.market(n, Input::Submit(job)),
+            Event::Tick(n) => {
+                if self.nodes[n].tick_at.is_some_and(|t| t <= self.now) {
+                    self.nodes[n].tick_at = None;
+                }
+                self.market(n, Input::Tick);
+            }
+            Event::Advertise(n) => {
+                let node = &mut self.nodes[n];
+                node.ad_seq += 1;
+                let ad = CapabilityAd {
+                    engine: "sim".into(),
+                    capabilities: node.offer.capabilities.clone(),
+                    cores: 4,
+                    memory_bytes: node.offer.memory_bytes,
+                    free_slots: node.leases.free_slots(),
+                    total_slots: node.leases.capacity() as u32,
+                    price: node.offer.price,
+                    version: "sim".into(),
+                    seq: node.ad_seq,
+                };
+                self.broadcast(n, Msg::Ad(ad));
+                if self.finished < JOBS {
+                    self.push(self.now + AD_PERIOD_MS, Event::Advertise(n));
+                }
+            }
+            Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
+        }
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
+        let from_peer = self.nodes[from].peer;
+        match msg {
+            Msg::Ad(ad) => self.market(
+                to,
+                Input::CapabilityAd {
+                    from: from_peer,
+                    ad,
+                    ip: Some(ip(from)),
+                },
+            ),
+            Msg::Reputation { subject, delta } => self.market(
+                to,
+                Input::RemoteReputation {
+                    reporter: from_peer,
+                    subject,
+                    delta,
+                },
+            ),
+            Msg::Bid(bid) => self.market(
+                to,
+                Input::Bid {
+                    from: from_peer,
+                    bid,
+                    rtt_ms: Some(2 * latency(from, to) as u32),
+                    ip: Some(ip(from)),
+                },
+            ),
+            Msg::LeaseAccepted(job_id) => self.market(
+                to,
+                Input::LeaseAccepted {
+                    job_id,
+                    worker: from_peer,
+                },
+            ),
+            Msg::LeaseRefused(job_id, reason) => self.market(
+                to,
+                Input::LeaseRefused {
+                    job_id,
+                    worker: from_peer,
+                    reason,
+                },
+            ),
+            Msg::Result(result) => self.market(
+                to,
+                Input::Result {
+                    from: from_peer,
+                    result,
+                },
+            ),
+            // Worker side.
+            Msg::Announce(job) => {
+                let id = job_id(&job);
+                let node = &self.nodes[to];
+                let free = node.leases.free_slots();
+                let total = node.leases.capacity() as u32;
+                if let Ok(bid) = bid_for(&job.payload, id, &node.offer, free, total) {
+                    self.send(to, from, Msg::Bid(bid));
+                }
+            }
+            Msg::Lease(lease) => {
+                let id = job_id(&lease.job);
+                self.nodes[to].leases.expire(self.now);
+                match self.nodes[to].leases.accept(id, lease.expires_ms) {
+                    Ok(()) => {
+                        self.send(to, from, Msg::LeaseAccepted(id));
+                        let run_ms = self.rng.gen_range(20..300);
+                        let at = self.now + run_ms;
+                        self.push(
+                            at,
+                            Event::Deliver {
+                                from: to,
+                                to,
+                                msg: Msg::ExecDone {
+                                    job: id,
+                                    submitter: from,
+                                },
+                            },
+                        );
+                    }
+                    Err(e) => self.send(to, from, Msg::LeaseRefused(id, e.to_string())),
+                }
+            }
+            Msg::Cancel(id) => {
+                self.nodes[to].leases.cancel(&id);
+            }
+            Msg::ExecDone { job, submitter } => {
+                let node = &mut self.nodes[to];
+                if !node.leases.finish(&job) {
+                    return; // cancelled or expired meanwhile
+                }
+                let output_hash = if node.byzantine {
+                    Hash::of(&[job.as_bytes().as_slice(), &node.peer.to_bytes()].concat())
+                } else {
+                    correct_output(&job)
+                };
+                let result = WorkResult {
+                    job_id: job,
+                    outcome: Outcome::Completed {
+                        exit_code: 0,
+                        output_hash,
+                        fuel_used: 1_000,
+                    },
+                    output: vec![],
+                };
+                self.send(to, submitter, Msg::Result(result));
+            }
+        }
+    }
+
+    /// Feeds `input` to node `n`'s market and carries out what it asks.
+    fn market(&mut self, n: usize, input: Input) {
+        let outs = self.nodes[n].market.handle(input, self.now);
+        for out in outs {
+            match out {
+                Output::Announce(job) => self.broadcast(n, Msg::Announce(job)),
+                Output::SendLease { worker, lease } => {
+                    let to = self.by_peer[&worker];
+                    self.send(n, to, Msg::Lease(lease));
+                }
+                Output::CancelLease { worker, job_id } => {
+                    let to = self.by_peer[&worker];
+                    self.send(n, to, Msg::Cancel(job_id));
+                }
+                Output::Verified { .. } | Output::Failed { .. } => self.finished += 1,
+                Output::Reputation { peer, delta, .. } => self.broadcast(
+                    n,
+                    Msg::Reputation {
+                        subject: peer,
+                        delta,
+                    },
+                ),
+                Output::Persist(_) => {}
+            }
+        }
+        if let Some(d) = self.nodes[n].market.next_deadline()
+            && self.nodes[n].tick_at.is_none_or(|t| d < t)
+        {
+            self.nodes[n].tick_at = Some(d);
+            let at = d.max(self.now);
+            self.push(at, Event::Tick(n));
+        }
+    }
+
+    fn summarize(&self, ids: &[(usize, JobId)]) -> Summary {
+        let mut jobs = Vec::new();
+        let (mut correct, mut wrong) = (0, 0);
+        for (s, id) in ids {
+            let rec = self.nodes[*s].market.job(id).expect("job tracked");
+            let out_hash = match &rec.outcome {
+                Some(Outcome::Completed { output_hash, .. }) => Some(*output_hash),
+                _ => None,
+            };
+            if rec.state == JobState::Verified {
+                if out_hash == Some(correct_output(id)) {
+                    correct += 1;
+                } else {
+                    wrong += 1;
+                }
+            }
+            if std::env::var("SIM_DEBUG").is_ok() && !rec.is_finished() {
+                eprintln!("{}", rec.summary());
+                for e in &rec.timeline {
+                    eprintln!("  {} {}", e.at_ms, e.event);
+                }
+                eprintln!("{:?}", rec.leases);
+            }
+            jobs.push((
+                *id,
+                rec.state,
+                out_hash,
+                rec.quorum.len(),
+                rec.results.len(),
+            ));
+        }
+        let books: Vec<Vec<(PeerId, i64)>> = self
+            .nodes
+            .iter()
+            .map(|n| n.market.reputation().snapshot())
+            .collect();
+        let totals = self
+            .nodes
+            .iter()
+            .map(|subject| {
+                self.nodes
+                    .iter()
+                    .map(|n| n.market.reputation().score(&subject.peer))
+                    .sum()
+            })
+            .collect();
+        Summary {
+            jobs,
+            books,
+            correct,
+            wrong,
+            totals,
+            end_ms: self.now,
+            events: self.events,
+        }
+    }
+}
+
+#[test]
+fn hundred_jobs_all_verified() {
+    let s = Sim::new(7, &[]).run();
+    assert_eq!(s.wrong, 0);
+    assert_eq!(s.correct, JOBS, "{:?}", s.jobs);
+    assert!(
+        s.jobs.iter().all(|j| j.3 == 3 && j.4 == 3),
+        "no extra replicas needed"
+    );
+    assert!(s.totals.iter().all(|t| *t > 0), "{:?}", s.totals);
+}
+
+#[test]
+fn byzantine_workers_never_win_and_sink() {
+    let byz = [7, 8, 9];
+    let s = Sim::new(42, &byz).run();
+    assert_eq!(s.wrong, 0, "no wrong verdict accepted");
+    assert_eq!(s.correct, JOBS, "{:?}", s.jobs);
+    let worst_honest = (0..NODES)
+        .filter(|i| !byz.contains(i))
+        .map(|i| s.totals[i])
+        .min()
+        .expect("honest");
+    let best_byzantine = byz.iter().map(|i| s.totals[*i]).max().expect("byzantine");
+    assert!(
+        best_byzantine < worst_honest,
+        "byzantine {best_byzantine} vs honest {worst_honest}: {:?}",
+        s.totals
+    );
+    assert!(
+        s.jobs.iter().any(|j| j.4 > 3),
+        "disagreements were settled by extra replicas"
+    );
+}
+
+#[test]
+fn same_seed_same_run() {
+    let a = Sim::new(1234, &[8, 9]).run();
+    let b = Sim::new(1234, &[8, 9]).run();
+    assert_eq!(a, b);
+    let c = Sim::new(1235, &[8, 9]).run();
+    assert_eq!(c.wrong, 0);
+}
+
+#[test]
+fn several_seeds_hold() {
+    let byz = [7, 8, 9];
+    for seed in 0..40 {
+        let s = Sim::new(seed, &byz).run();
+        assert_eq!((s.correct, s.wrong), (JOBS, 0), "seed {seed}");
+        let worst_honest = (0..7).map(|i| s.totals[i]).min().expect("honest");
+        let best_byzantine = byz.iter().map(|i| s.totals[*i]).max().expect("byzantine");
+        assert!(best_byzantine < worst_honest, "seed {seed}: {:?}", s.totals);
+    }
+}

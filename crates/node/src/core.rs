@@ -1,0 +1,666 @@
+//! The node's core task: the one owner of the market and of the worker's lease book.
+//!
+//! It turns network events and API commands into [`Input`]s for the market, and carries out the
+//! market's [`Output`]s: gossip, direct requests, storage writes. Anything that waits (a request
+//! to a peer, a blob fetch, a sandbox run, a disk write) is spawned off the loop and reports back
+//! through the bounded internal queue, so the loop itself never blocks.
+//!
+//! As a worker, the node bids on announced jobs its offer covers ([`agora_market::bid_for`]),
+//! accepts leases only from the job's own signer, fetches the blobs, runs the module in the
+//! executor pool and returns a signed result. A node never works on its own jobs.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agora_exec::{ExecError, Limits as ExecLimits, Pool};
+use agora_market::{Input, JobRecord, Market, Offer, Output, bid_for};
+use agora_net::{NetEvent, NetHandle, PeerId, PeerInfo};
+use agora_types::job::{
+    CapabilityAd, Health, JobId, Lease, Outcome, ReputationUpdate, ResultNotice, SignedJob,
+    WorkResult, job_id,
+};
+use agora_types::sign::{Domain, Signed};
+use agora_types::wire::{GossipMessage, Request, Response, limits};
+use agora_types::{Hash, Keypair, now_ms};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
+
+use crate::blobs;
+use crate::node::Shared;
+use crate::store::Store;
+
+/// Commands from [`NodeHandle`](crate::NodeHandle)s.
+pub(crate) enum Command {
+    Submit(SignedJob, oneshot::Sender<JobId>),
+    Jobs(oneshot::Sender<Vec<JobRecord>>),
+    Job(JobId, oneshot::Sender<Option<JobRecord>>),
+    Cancel(JobId, oneshot::Sender<bool>),
+    Reputation(oneshot::Sender<Vec<(PeerId, i64)>>),
+}
+
+/// What spawned tasks report back.
+pub(crate) enum Internal {
+    LeaseDelivered {
+        job_id: JobId,
+        worker: PeerId,
+        result: Result<(), String>,
+    },
+    ResultIn {
+        from: PeerId,
+        result: WorkResult,
+        ack: oneshot::Sender<Response>,
+    },
+    WorkDone(JobId),
+    Peers(Vec<PeerInfo>),
+}
+
+/// Everything the core task owns.
+pub(crate) struct Core {
+    pub shared: Arc<Shared>,
+    pub net: NetHandle,
+    pub pool: Pool,
+    pub market: Market,
+    pub leases: agora_market::Leases,
+    pub running: HashMap<JobId, (PeerId, AbortHandle)>,
+    pub offer: Offer,
+    pub events: mpsc::Receiver<NetEvent>,
+    pub commands: mpsc::Receiver<Command>,
+    pub internal_tx: mpsc::Sender<Internal>,
+    pub internal: mpsc::Receiver<Internal>,
+    pub persist: mpsc::Sender<(JobId, Option<Vec<u8>>)>,
+    pub stop: mpsc::Receiver<()>,
+    pub peer_cache: HashMap<PeerId, (Option<IpAddr>, Option<u32>)>,
+    pub ad_seq: u64,
+    pub bid_seen: VecDeque<(JobId, u32)>,
+}
+
+/// Announcements recently bid on, remembered so that a duplicate delivery is not bid on twice.
+/// A re-announcement (a higher attempt) is bid on again: the submitter is still short of workers.
+const BID_MEMORY: usize = 4096;
+
+impl Core {
+    pub async fn run(mut self, restored: Vec<JobRecord>) {
+        let outputs = self.market.restore(restored, now_ms());
+        self.apply(outputs);
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beacon = tokio::time::interval(self.shared.config.ad_interval);
+        beacon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut peers_tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = self.stop.recv() => return,
+                Some(c) = self.commands.recv() => self.on_command(c),
+                Some(i) = self.internal.recv() => self.on_internal(i),
+                event = self.events.recv() => match event {
+                    Some(e) => self.on_net_event(e),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    let now = now_ms();
+                    if self.market.next_deadline().is_some_and(|d| d <= now) {
+                        let out = self.market.handle(Input::Tick, now);
+                        self.apply(out);
+                    }
+                    for expired in self.leases.expire(now) {
+                        if let Some((_, task)) = self.running.remove(&expired) {
+                            task.abort();
+                        }
+                    }
+                }
+                _ = beacon.tick() => self.beacon(),
+                _ = peers_tick.tick() => self.refresh_peers(),
+            }
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        let out = self.market.handle(input, now_ms());
+        self.apply(out);
+    }
+
+    fn sign<T: Serialize + DeserializeOwned + Domain>(&self, payload: T) -> Option<Signed<T>> {
+        match Signed::sign(&self.shared.keypair, payload, now_ms()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot sign");
+                None
+            }
+        }
+    }
+
+    fn publish(&self, message: GossipMessage) {
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            if let Err(e) = net.publish(message).await {
+                debug!(error = %e, "publish failed");
+            }
+        });
+    }
+
+    /// Carries out the market's decisions.
+    fn apply(&mut self, outputs: Vec<Output>) {
+        for o in outputs {
+            match o {
+                Output::Announce(job) => {
+                    let id = job_id(&job);
+                    let attempt = self.market.job(&id).map_or(1, |r| r.announce_attempts.max(1));
+                    debug!(job = %id.short(), attempt, "announcing job");
+                    self.publish(GossipMessage::Job { job, attempt });
+                }
+                Output::SendLease { worker, lease } => {
+                    let job_id = job_id(&lease.job);
+                    let net = self.net.clone();
+                    let tx = self.internal_tx.clone();
+                    tokio::spawn(async move {
+                        let result = match net.request(worker, Request::Lease(lease)).await {
+                            Ok(Response::Ack) => Ok(()),
+                            Ok(Response::Refused(r)) => Err(r),
+                            Ok(other) => Err(format!("unexpected answer {other:?}")),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let _ = tx
+                            .send(Internal::LeaseDelivered {
+                                job_id,
+                                worker,
+                                result,
+                            })
+                            .await;
+                    });
+                }
+                Output::CancelLease { worker, job_id } => {
+                    let net = self.net.clone();
+                    tokio::spawn(async move {
+                        let _ = net.request(worker, Request::Cancel(job_id)).await;
+                    });
+                }
+                Output::Verified {
+                    job_id,
+                    outcome,
+                    workers,
+                } => {
+                    info!(job = %job_id.short(), workers = workers.len(), "job verified");
+                    if let Some(n) = self.sign(ResultNotice {
+                        job_id,
+                        verdict: outcome.verdict(),
+                        workers,
+                    }) {
+                        self.publish(GossipMessage::Result(n));
+                    }
+                }
+                Output::Failed { job_id, reason } => {
+                    info!(job = %job_id.short(), %reason, "job failed");
+                }
+                Output::Reputation {
+                    peer,
+                    action,
+                    delta,
+                    job_id,
+                } => {
+                    debug!(%peer, action = action.name(), delta, "reputation");
+                    if let Some(u) = self.sign(ReputationUpdate {
+                        subject: peer,
+                        action: action.name().to_string(),
+                        delta,
+                        job_id,
+                    }) {
+                        self.publish(GossipMessage::Reputation(u));
+                    }
+                }
+                Output::Persist(id) => {
+                    let bytes = self
+                        .market
+                        .job(&id)
+                        .and_then(|r| serde_json::to_vec(r).ok());
+                    if self.persist.try_send((id, bytes)).is_err() {
+                        warn!(job = %id.short(), "persistence queue full; record will be written on its next change");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Submit(job, reply) => {
+                let id = job_id(&job);
+                info!(job = %id.short(), "job submitted");
+                self.feed(Input::Submit(job));
+                let _ = reply.send(id);
+            }
+            Command::Jobs(reply) => {
+                let mut all: Vec<JobRecord> = self.market.jobs().cloned().collect();
+                all.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
+                let _ = reply.send(all);
+            }
+            Command::Job(id, reply) => {
+                let _ = reply.send(self.market.job(&id).cloned());
+            }
+            Command::Cancel(id, reply) => {
+                let known = self.market.job(&id).is_some();
+                self.feed(Input::Cancel(id));
+                let _ = reply.send(known);
+            }
+            Command::Reputation(reply) => {
+                let _ = reply.send(self.market.reputation().snapshot());
+            }
+        }
+    }
+
+    fn on_internal(&mut self, i: Internal) {
+        match i {
+            Internal::LeaseDelivered {
+                job_id,
+                worker,
+                result,
+            } => match result {
+                Ok(()) => self.feed(Input::LeaseAccepted { job_id, worker }),
+                Err(reason) => self.feed(Input::LeaseRefused {
+                    job_id,
+                    worker,
+                    reason,
+                }),
+            },
+            Internal::ResultIn { from, result, ack } => {
+                self.feed(Input::Result { from, result });
+                let _ = ack.send(Response::Ack);
+            }
+            Internal::WorkDone(id) => {
+                self.leases.finish(&id);
+                self.running.remove(&id);
+            }
+            Internal::Peers(list) => {
+                self.peer_cache = list
+                    .into_iter()
+                    .map(|p| (p.peer_id, (p.ip(), p.rtt_ms.map(|r| r.ceil() as u32))))
+                    .collect();
+            }
+        }
+    }
+
+    fn refresh_peers(&self) {
+        let net = self.net.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            if let Ok(list) = net.peers().await {
+                let _ = tx.send(Internal::Peers(list)).await;
+            }
+        });
+    }
+
+    fn on_net_event(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::Gossip {
+                message, source, ..
+            } => self.on_gossip(message, source),
+            NetEvent::Request {
+                peer,
+                request,
+                reply,
+            } => self.on_request(peer, request, reply),
+            NetEvent::PeerDisconnected(peer) => self.feed(Input::PeerDisconnected(peer)),
+            NetEvent::PeerConnected(_) => {}
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, message: GossipMessage, source: Option<PeerId>) {
+        let local = self.net.local_peer_id();
+        match message {
+            GossipMessage::Job { job, attempt } => self.consider_bid(job, attempt),
+            GossipMessage::Capability(ad) => {
+                let Ok(from) = ad.signer_peer() else { return };
+                if from == local || source.is_some_and(|s| s != from) {
+                    return;
+                }
+                let ip = self.peer_cache.get(&from).and_then(|(ip, _)| *ip);
+                self.feed(Input::CapabilityAd {
+                    from,
+                    ad: ad.payload,
+                    ip,
+                });
+            }
+            GossipMessage::Reputation(u) => {
+                let Ok(reporter) = u.signer_peer() else {
+                    return;
+                };
+                if reporter != local {
+                    self.feed(Input::RemoteReputation {
+                        reporter,
+                        subject: u.payload.subject,
+                        delta: u.payload.delta,
+                    });
+                }
+            }
+            GossipMessage::Result(_) | GossipMessage::Health(_) | GossipMessage::Text(_) => {}
+        }
+    }
+
+    fn consider_bid(&mut self, job: SignedJob, attempt: u32) {
+        let Ok(submitter) = job.signer_peer() else {
+            return;
+        };
+        if submitter == self.net.local_peer_id() {
+            return;
+        }
+        let id = job_id(&job);
+        let spec = &job.payload;
+        if self.bid_seen.contains(&(id, attempt)) || self.leases.contains(&id) {
+            return;
+        }
+        if spec.validate(&Default::default()).is_err()
+            || (spec.deadline_ms != 0 && spec.deadline_ms <= now_ms())
+        {
+            return;
+        }
+        let free = self.leases.free_slots();
+        let total = self.leases.capacity() as u32;
+        let bid = match bid_for(spec, id, &self.offer, free, total) {
+            Ok(b) => b,
+            Err(why) => {
+                debug!(job = %id.short(), %why, "not bidding");
+                return;
+            }
+        };
+        if self.bid_seen.len() >= BID_MEMORY {
+            self.bid_seen.pop_front();
+        }
+        self.bid_seen.push_back((id, attempt));
+        let Some(signed) = self.sign(bid) else { return };
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            if let Err(e) = net.request(submitter, Request::Bid(signed)).await {
+                debug!(error = %e, "bid not delivered");
+            }
+        });
+    }
+
+    fn on_request(&mut self, peer: PeerId, request: Request, reply: oneshot::Sender<Response>) {
+        let response = match request {
+            Request::Echo(b) => Response::Echo(b),
+            Request::Bid(signed) => match signed.verify().and_then(|_| signed.signer_peer()) {
+                Ok(signer) if signer == peer => {
+                    let (ip, rtt_ms) = self.peer_cache.get(&peer).copied().unwrap_or_default();
+                    self.feed(Input::Bid {
+                        from: peer,
+                        bid: signed.payload,
+                        rtt_ms,
+                        ip,
+                    });
+                    Response::Ack
+                }
+                Ok(_) => Response::Refused("a bid must be signed by the peer that sends it".into()),
+                Err(e) => Response::Refused(format!("bad bid: {e}")),
+            },
+            Request::Lease(lease) => self.on_lease(peer, lease),
+            Request::Result(signed) => {
+                self.on_result(peer, signed, reply);
+                return;
+            }
+            Request::Cancel(id) => {
+                // From the worker: it gives the lease back. From the submitter: it withdraws it.
+                if self.market.job(&id).is_some() {
+                    self.feed(Input::LeaseRefused {
+                        job_id: id,
+                        worker: peer,
+                        reason: "the worker gave the lease back".into(),
+                    });
+                } else if let Some((submitter, _)) = self.running.get(&id)
+                    && *submitter == peer
+                {
+                    if let Some((_, task)) = self.running.remove(&id) {
+                        task.abort();
+                    }
+                    self.leases.cancel(&id);
+                }
+                Response::Ack
+            }
+            Request::GetBlob { hash, offset, len } => {
+                let store = self.shared.store.clone();
+                tokio::spawn(async move {
+                    let len = len.min(limits::BLOB_CHUNK_BYTES);
+                    let r = tokio::task::spawn_blocking(move || {
+                        store.read_blob_range(&hash, offset, len)
+                    })
+                    .await;
+                    let response = match r {
+                        Ok(Ok(Some((total, data)))) => Response::Blob { total, data },
+                        _ => Response::NotFound,
+                    };
+                    let _ = reply.send(response);
+                });
+                return;
+            }
+        };
+        let _ = reply.send(response);
+    }
+
+    fn on_lease(&mut self, peer: PeerId, lease: Lease) -> Response {
+        if let Err(e) = lease.job.verify() {
+            return Response::Refused(format!("bad job signature: {e}"));
+        }
+        match lease.job.signer_peer() {
+            Ok(s) if s == peer => {}
+            _ => return Response::Refused("only a job's submitter may lease it".into()),
+        }
+        let spec = lease.job.payload.clone();
+        if let Err(e) = spec.validate(&Default::default()) {
+            return Response::Refused(e.to_string());
+        }
+        if let Err(e) = bid_for(&spec, job_id(&lease.job), &self.offer, 1, 1) {
+            return Response::Refused(e.to_string());
+        }
+        let id = job_id(&lease.job);
+        if let Err(e) = self.leases.accept(id, lease.expires_ms) {
+            return Response::Refused(e.to_string());
+        }
+        let work = Work {
+            net: self.net.clone(),
+            store: self.shared.store.clone(),
+            pool: self.pool.clone(),
+            keypair: self.shared.keypair.clone(),
+            byzantine: self.shared.config.byzantine,
+            done: self.internal_tx.clone(),
+        };
+        let task = tokio::spawn(work.run(peer, id, lease));
+        self.running.insert(id, (peer, task.abort_handle()));
+        Response::Ack
+    }
+
+    fn on_result(
+        &mut self,
+        peer: PeerId,
+        signed: Signed<WorkResult>,
+        reply: oneshot::Sender<Response>,
+    ) {
+        let refuse = |reply: oneshot::Sender<Response>, why: String| {
+            let _ = reply.send(Response::Refused(why));
+        };
+        match signed.verify().and_then(|_| signed.signer_peer()) {
+            Ok(s) if s == peer => {}
+            Ok(_) => return refuse(reply, "a result must be signed by its worker".into()),
+            Err(e) => return refuse(reply, format!("bad result signature: {e}")),
+        }
+        let mut result = signed.payload;
+        if !result.output_matches() {
+            return refuse(reply, "the output does not match its hash".into());
+        }
+        if self.market.job(&result.job_id).is_none() {
+            return refuse(reply, "no such job here".into());
+        }
+        // Keep the output (content-addressed) before the market sees the result, so that a
+        // verified job's output is on disk by the time anyone asks for it.
+        let output = std::mem::take(&mut result.output);
+        let store = self.shared.store.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            if !output.is_empty() {
+                let stored = tokio::task::spawn_blocking(move || store.put_blob(&output)).await;
+                if !matches!(stored, Ok(Ok(_))) {
+                    let _ = reply.send(Response::Refused("cannot store the output".into()));
+                    return;
+                }
+            }
+            let _ = tx
+                .send(Internal::ResultIn {
+                    from: peer,
+                    result,
+                    ack: reply,
+                })
+                .await;
+        });
+    }
+
+    fn beacon(&mut self) {
+        let running = (self.pool.slots() - self.pool.free_slots()) as u32;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        self.ad_seq += 1;
+        let ad = CapabilityAd {
+            engine: "wasmtime-48".into(),
+            capabilities: self.offer.capabilities.clone(),
+            cores,
+            memory_bytes: self.offer.memory_bytes,
+            free_slots: self.leases.free_slots(),
+            total_slots: self.leases.capacity() as u32,
+            price: self.offer.price,
+            version: agora_types::VERSION.into(),
+            seq: self.ad_seq,
+        };
+        if let Some(s) = self.sign(ad) {
+            self.publish(GossipMessage::Capability(s));
+        }
+        let health = Health {
+            uptime_s: self.shared.started.elapsed().as_secs(),
+            connected_peers: self.peer_cache.len() as u32,
+            running_jobs: running,
+        };
+        if let Some(s) = self.sign(health) {
+            self.publish(GossipMessage::Health(s));
+        }
+        if self.ad_seq == 1 {
+            let net = self.net.clone();
+            let caps = self.offer.capabilities.clone();
+            tokio::spawn(async move {
+                for c in caps {
+                    let _ = net.provide(format!("agora/capability/{c}").into_bytes()).await;
+                }
+            });
+        }
+    }
+}
+
+/// One execution on this node as a worker.
+struct Work {
+    net: NetHandle,
+    store: Store,
+    pool: Pool,
+    keypair: Keypair,
+    byzantine: bool,
+    done: mpsc::Sender<Internal>,
+}
+
+fn failure(e: &ExecError) -> Outcome {
+    let kind = match e {
+        ExecError::FuelExhausted => "fuel",
+        ExecError::MemoryLimit { .. } => "memory",
+        ExecError::WallTime(_) => "wall_time",
+        ExecError::OutputTooLarge { .. } => "output",
+        ExecError::InvalidModule(_) => "invalid_module",
+        ExecError::Trap(_) => "trap",
+        _ => "internal",
+    };
+    Outcome::Failed {
+        kind: kind.into(),
+        detail: e.to_string(),
+    }
+}
+
+impl Work {
+    async fn run(self, submitter: PeerId, id: JobId, lease: Lease) {
+        let outcome = self.execute(submitter, &lease).await;
+        match outcome {
+            Ok((outcome, output)) => self.report(submitter, id, outcome, output).await,
+            Err(why) => {
+                warn!(job = %id.short(), %why, "giving the lease back");
+                let _ = self.net.request(submitter, Request::Cancel(id)).await;
+            }
+        }
+        let _ = self.done.send(Internal::WorkDone(id)).await;
+    }
+
+    async fn execute(
+        &self,
+        submitter: PeerId,
+        lease: &Lease,
+    ) -> Result<(Outcome, Vec<u8>), String> {
+        let spec = &lease.job.payload;
+        let module = blobs::fetch(&self.net, &self.store, submitter, spec.module, spec.module_size)
+            .await
+            .map_err(|e| e.to_string())?;
+        let input = blobs::fetch(&self.net, &self.store, submitter, spec.input, spec.input_size)
+            .await
+            .map_err(|e| e.to_string())?;
+        let limits = ExecLimits {
+            fuel: spec.limits.fuel,
+            memory_bytes: spec.limits.memory_bytes,
+            wall_time: Duration::from_millis(spec.limits.wall_time_ms),
+            max_output_bytes: limits::MAX_OUTPUT_BYTES,
+        };
+        let job = agora_exec::Job::new(module, input, spec.args.clone(), limits);
+        match self.pool.run(job).await {
+            Ok(o) => {
+                let mut output = o.stdout;
+                if self.byzantine {
+                    // Each Byzantine worker corrupts differently: independent faults, not a
+                    // colluding cartel (see ARCHITECTURE.md on collusion).
+                    let me = self.keypair.public().to_peer_id();
+                    output.extend_from_slice(format!("\ncorrupted by {me}").as_bytes());
+                }
+                Ok((
+                    Outcome::Completed {
+                        exit_code: o.exit_code,
+                        output_hash: Hash::of(&output),
+                        fuel_used: o.fuel_used,
+                    },
+                    output,
+                ))
+            }
+            Err(ExecError::Busy) => Err("the executor pool is full".into()),
+            Err(ExecError::Internal(e)) => Err(format!("sandbox failure: {e}")),
+            Err(e) => Ok((failure(&e), vec![])),
+        }
+    }
+
+    async fn report(&self, submitter: PeerId, id: JobId, outcome: Outcome, output: Vec<u8>) {
+        let result = WorkResult {
+            job_id: id,
+            outcome,
+            output,
+        };
+        let signed = match Signed::sign(&self.keypair, result, now_ms()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot sign a result");
+                return;
+            }
+        };
+        // Retry a few times: the submitter may be briefly unreachable.
+        for attempt in 0..4u32 {
+            match self.net.request(submitter, Request::Result(signed.clone())).await {
+                Ok(Response::Ack) => return,
+                Ok(Response::Refused(why)) => {
+                    debug!(job = %id.short(), %why, "result refused");
+                    return;
+                }
+                Ok(_) | Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        warn!(job = %id.short(), "could not deliver a result to the submitter");
+    }
+}
