@@ -73,7 +73,10 @@ async fn put_blob(
         .put_blob(body.to_vec())
         .await
         .map_err(ApiError::internal)?;
-    Ok((StatusCode::CREATED, Json(json!({"hash": hash, "size": size}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"hash": hash, "size": size})),
+    ))
 }
 
 async fn submit(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{client, devnet, job, run_node};
+use crate::{bench, client, devnet, job, run_node};
 
 /// Agora: a peer-to-peer compute network. Every node is worker and coordinator at once.
 ///
@@ -36,6 +36,9 @@ pub enum Command {
     /// Submit jobs to a node and follow them.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Run a benchmark in this process and print its JSON report, each figure beside a baseline
+    /// measured in the same run.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +119,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => client::status(&a),
         Command::Peers(a) => client::peers(&a),
         Command::Job(c) => job::run(c),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

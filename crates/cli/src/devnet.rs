@@ -322,7 +322,10 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
         };
         header.set_message(match a.duration {
             Some(d) => format!("{} nodes, {elapsed}/{d} s{jobs_line}", nodes.len()),
-            None => format!("{} nodes, {elapsed} s{jobs_line} (Ctrl-C to stop)", nodes.len()),
+            None => format!(
+                "{} nodes, {elapsed} s{jobs_line} (Ctrl-C to stop)",
+                nodes.len()
+            ),
         });
         if driver.as_ref().is_some_and(|d| d.is_finished()) {
             if let Some(d) = driver.take() {

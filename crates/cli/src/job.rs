@@ -132,7 +132,12 @@ fn read_input(spec: &Option<String>) -> Result<Vec<u8>> {
 }
 
 /// Uploads a module and input and submits the job; returns the job id.
-pub async fn upload_and_submit(api: &Api, module: &[u8], input: &[u8], spec: Value) -> Result<String> {
+pub async fn upload_and_submit(
+    api: &Api,
+    module: &[u8],
+    input: &[u8],
+    spec: Value,
+) -> Result<String> {
     let m = api.post_bytes("/v1/blobs", module.to_vec()).await?;
     let i = api.post_bytes("/v1/blobs", input.to_vec()).await?;
     let mut spec = spec;
@@ -260,7 +265,8 @@ async fn status(a: IdArgs) -> Result<ExitCode> {
         outln!(
             "result   {} verdict {} {agreed}",
             x["worker"].as_str().unwrap_or("?"),
-            &x["verdict"].as_str().unwrap_or("?")[..8.min(x["verdict"].as_str().unwrap_or("?").len())],
+            &x["verdict"].as_str().unwrap_or("?")
+                [..8.min(x["verdict"].as_str().unwrap_or("?").len())],
         );
     }
     for t in r["timeline"].as_array().into_iter().flatten() {
@@ -273,7 +279,9 @@ async fn output(a: OutputArgs) -> Result<ExitCode> {
     let api = Api::new(&a.api)?;
     let bytes = api.get_bytes(&format!("/v1/jobs/{}/output", a.id)).await?;
     match a.output {
-        Some(p) => std::fs::write(&p, &bytes).with_context(|| format!("cannot write {}", p.display()))?,
+        Some(p) => {
+            std::fs::write(&p, &bytes).with_context(|| format!("cannot write {}", p.display()))?
+        }
         None => std::io::stdout().write_all(&bytes)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -286,14 +294,22 @@ async fn list(a: ListArgs) -> Result<ExitCode> {
         outln!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
-    outln!("{:<66} {:<9} {:>5} {:>8}  REASON", "JOB", "STATE", "BIDS", "LATENCY");
+    outln!(
+        "{:<66} {:<9} {:>5} {:>8}  REASON",
+        "JOB",
+        "STATE",
+        "BIDS",
+        "LATENCY"
+    );
     for j in v.as_array().into_iter().flatten() {
         outln!(
             "{:<66} {:<9} {:>5} {:>8}  {}",
             j["id"].as_str().unwrap_or("?"),
             j["state"].as_str().unwrap_or("?"),
             j["bids"],
-            j["latency_ms"].as_u64().map_or("-".into(), |l| format!("{l}ms")),
+            j["latency_ms"]
+                .as_u64()
+                .map_or("-".into(), |l| format!("{l}ms")),
             j["reason"].as_str().unwrap_or("")
         );
     }

@@ -13,6 +13,7 @@ macro_rules! outln {
     }};
 }
 
+mod bench;
 mod client;
 mod cmd;
 mod devnet;

@@ -1,6 +1,8 @@
 //! Process-level: `agora devnet` starts real node processes that discover each other through the
 //! DHT, reports them in one JSON line, and leaves no process behind.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::process::Command;
 
 use serde_json::Value;

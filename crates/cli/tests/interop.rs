@@ -2,6 +2,8 @@
 //! process over TCP with Noise and Yamux: Identify, Ping, a Kademlia query on
 //! `/agora/kad/1.0.0`, and a GossipSub subscription to `agora/jobs/1`.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -148,10 +150,10 @@ async fn stock_libp2p_peer_identifies_pings_queries_and_subscribes() {
                         Err(e) => panic!("kademlia query failed: {e}"),
                     }
                 }
-                SwarmEvent::Behaviour(StockEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic })) => {
-                    if peer_id == node_id && topic.as_str() == "agora/jobs/1" {
-                        subscribed = true;
-                    }
+                SwarmEvent::Behaviour(StockEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }))
+                    if peer_id == node_id && topic.as_str() == "agora/jobs/1" =>
+                {
+                    subscribed = true;
                 }
                 _ => {}
             }

@@ -273,6 +273,9 @@ pub enum LeaseStatus {
     Disconnected,
     /// The submitter withdrew it (job decided or abandoned).
     Cancelled,
+    /// The worker answered busy (no free slot), or could not be reached. Not a fault: it may
+    /// be leased again on this job.
+    Busy,
 }
 
 impl LeaseStatus {

@@ -79,6 +79,15 @@ pub enum Input {
         /// The worker.
         worker: PeerId,
     },
+    /// A worker answered a lease with "busy": no free slot right now. Normal backpressure under
+    /// load: the lease is replaced, but it costs the worker no reputation and does not count
+    /// toward [`Config::max_attempts`].
+    LeaseBusy {
+        /// The job.
+        job_id: JobId,
+        /// The worker.
+        worker: PeerId,
+    },
     /// A worker refused a lease, or the lease could not be delivered to it.
     LeaseRefused {
         /// The job.
@@ -464,7 +473,7 @@ impl Ctx<'_> {
         rec: &mut JobRecord,
         worker: PeerId,
         status: LeaseStatus,
-        action: ReputationAction,
+        action: Option<ReputationAction>,
         why: &str,
     ) {
         let Some(lease) = rec.lease_mut(&worker) else {
@@ -475,10 +484,12 @@ impl Ctx<'_> {
         }
         lease.status = status;
         lease.ended_ms = Some(self.now);
-        rec.lease_failures = rec.lease_failures.saturating_add(1);
         // Its bid is spent: it must bid again (on a later announcement) to be leased again.
         rec.bids.retain(|b| b.worker != worker);
-        self.reputation(worker, action, Some(rec.id));
+        if let Some(action) = action {
+            rec.lease_failures = rec.lease_failures.saturating_add(1);
+            self.reputation(worker, action, Some(rec.id));
+        }
         if matches!(status, LeaseStatus::Expired | LeaseStatus::Disconnected) {
             self.fx.out.push(Output::CancelLease {
                 worker,
@@ -633,7 +644,7 @@ impl Ctx<'_> {
                 rec,
                 *w,
                 LeaseStatus::Expired,
-                ReputationAction::LeaseExpired,
+                Some(ReputationAction::LeaseExpired),
                 "expired without a result",
             );
         }
@@ -727,9 +738,18 @@ impl Market {
                         rec,
                         worker,
                         LeaseStatus::Refused,
-                        ReputationAction::LeaseRefused,
+                        Some(ReputationAction::LeaseRefused),
                         &why,
                     );
+                    ctx.refill(rec);
+                });
+            }
+            Input::LeaseBusy { job_id, worker } => {
+                self.with_job(&job_id, now, &mut fx, |ctx, rec| {
+                    if rec.is_finished() {
+                        return;
+                    }
+                    ctx.lost_lease(rec, worker, LeaseStatus::Busy, None, "worker busy");
                     ctx.refill(rec);
                 });
             }
@@ -752,7 +772,7 @@ impl Market {
                             rec,
                             peer,
                             LeaseStatus::Disconnected,
-                            ReputationAction::Disconnected,
+                            Some(ReputationAction::Disconnected),
                             "worker disconnected",
                         );
                         ctx.refill(rec);
@@ -906,6 +926,8 @@ impl Market {
                     now,
                 };
                 ctx.log(&mut rec, "restored after a restart");
+                // Bids are soft state: the bidders may be gone or busy by now.
+                rec.bids.clear();
                 if rec.bid_window_closes_ms.is_some()
                     || rec.next_announce_ms.is_some()
                     || rec.needed() > 0

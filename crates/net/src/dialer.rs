@@ -177,7 +177,7 @@ mod tests {
         let now = Instant::now();
         let a: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
         let mut d = Dialer::new(
-            &[a.clone()],
+            std::slice::from_ref(&a),
             &[],
             Duration::from_millis(100),
             Duration::from_millis(300),

@@ -1,5 +1,7 @@
 //! In-process multi-node tests over real loopback TCP.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::time::Duration;
 
 use agora_net::{Config, Keypair, Multiaddr, NetEvent, NetHandle, Network, PeerId};
@@ -113,7 +115,7 @@ async fn ten_nodes_discover_each_other_and_gossip_reaches_all() {
 
     // A gossip message published by node 9 reaches all the others. Publish repeatedly (each one
     // distinct) until the mesh has formed, then check every node saw at least one of them.
-    let mut got = vec![false; 10];
+    let mut got = [false; 10];
     got[9] = true;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut n = 0u32;

@@ -54,7 +54,9 @@ async fn fetch_from(
         match r {
             Response::Blob { total, data } => {
                 if total != size {
-                    return Err(format!("peer says the blob has {total} bytes, the spec says {size}"));
+                    return Err(format!(
+                        "peer says the blob has {total} bytes, the spec says {size}"
+                    ));
                 }
                 if data.is_empty() && size > 0 {
                     return Err("peer sent an empty chunk".into());

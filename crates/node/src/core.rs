@@ -35,7 +35,7 @@ use crate::store::Store;
 
 /// Commands from [`NodeHandle`](crate::NodeHandle)s.
 pub(crate) enum Command {
-    Submit(SignedJob, oneshot::Sender<JobId>),
+    Submit(Box<SignedJob>, oneshot::Sender<JobId>),
     Jobs(oneshot::Sender<Vec<JobRecord>>),
     Job(JobId, oneshot::Sender<Option<JobRecord>>),
     Cancel(JobId, oneshot::Sender<bool>),
@@ -43,11 +43,26 @@ pub(crate) enum Command {
 }
 
 /// What spawned tasks report back.
+/// Work for the persistence task, done in order.
+pub(crate) enum Persist {
+    /// Write (or, with `None`, delete) a job record.
+    Write(JobId, Option<Vec<u8>>),
+    /// Answer once everything queued before has been committed.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// How a lease offer ended.
+pub(crate) enum Delivery {
+    Accepted,
+    Busy,
+    Refused(String),
+}
+
 pub(crate) enum Internal {
     LeaseDelivered {
         job_id: JobId,
         worker: PeerId,
-        result: Result<(), String>,
+        result: Delivery,
     },
     ResultIn {
         from: PeerId,
@@ -71,7 +86,7 @@ pub(crate) struct Core {
     pub commands: mpsc::Receiver<Command>,
     pub internal_tx: mpsc::Sender<Internal>,
     pub internal: mpsc::Receiver<Internal>,
-    pub persist: mpsc::Sender<(JobId, Option<Vec<u8>>)>,
+    pub persist: mpsc::Sender<Persist>,
     pub stop: mpsc::Receiver<()>,
     pub peer_cache: HashMap<PeerId, (Option<IpAddr>, Option<u32>)>,
     pub ad_seq: u64,
@@ -108,6 +123,7 @@ impl Core {
                     }
                     for expired in self.leases.expire(now) {
                         if let Some((_, task)) = self.running.remove(&expired) {
+                            warn!(job = %expired.short(), "lease expired before the work was reported; abandoning it");
                             task.abort();
                         }
                     }
@@ -148,7 +164,10 @@ impl Core {
             match o {
                 Output::Announce(job) => {
                     let id = job_id(&job);
-                    let attempt = self.market.job(&id).map_or(1, |r| r.announce_attempts.max(1));
+                    let attempt = self
+                        .market
+                        .job(&id)
+                        .map_or(1, |r| r.announce_attempts.max(1));
                     debug!(job = %id.short(), attempt, "announcing job");
                     self.publish(GossipMessage::Job { job, attempt });
                 }
@@ -158,10 +177,15 @@ impl Core {
                     let tx = self.internal_tx.clone();
                     tokio::spawn(async move {
                         let result = match net.request(worker, Request::Lease(lease)).await {
-                            Ok(Response::Ack) => Ok(()),
-                            Ok(Response::Refused(r)) => Err(r),
-                            Ok(other) => Err(format!("unexpected answer {other:?}")),
-                            Err(e) => Err(e.to_string()),
+                            Ok(Response::Ack) => Delivery::Accepted,
+                            Ok(Response::Busy) => Delivery::Busy,
+                            Ok(Response::Refused(r)) => Delivery::Refused(r),
+                            Ok(other) => Delivery::Refused(format!("unexpected answer {other:?}")),
+                            // We could not reach it: not the worker's fault (it may be us).
+                            Err(e) => {
+                                debug!(%worker, error = %e, "lease not delivered");
+                                Delivery::Busy
+                            }
                         };
                         let _ = tx
                             .send(Internal::LeaseDelivered {
@@ -216,7 +240,7 @@ impl Core {
                         .market
                         .job(&id)
                         .and_then(|r| serde_json::to_vec(r).ok());
-                    if self.persist.try_send((id, bytes)).is_err() {
+                    if self.persist.try_send(Persist::Write(id, bytes)).is_err() {
                         warn!(job = %id.short(), "persistence queue full; record will be written on its next change");
                     }
                 }
@@ -229,8 +253,11 @@ impl Core {
             Command::Submit(job, reply) => {
                 let id = job_id(&job);
                 info!(job = %id.short(), "job submitted");
-                self.feed(Input::Submit(job));
-                let _ = reply.send(id);
+                self.feed(Input::Submit(*job));
+                // Acknowledge only once the record is on disk.
+                self.after_commit(move || {
+                    let _ = reply.send(id);
+                });
             }
             Command::Jobs(reply) => {
                 let mut all: Vec<JobRecord> = self.market.jobs().cloned().collect();
@@ -258,8 +285,9 @@ impl Core {
                 worker,
                 result,
             } => match result {
-                Ok(()) => self.feed(Input::LeaseAccepted { job_id, worker }),
-                Err(reason) => self.feed(Input::LeaseRefused {
+                Delivery::Accepted => self.feed(Input::LeaseAccepted { job_id, worker }),
+                Delivery::Busy => self.feed(Input::LeaseBusy { job_id, worker }),
+                Delivery::Refused(reason) => self.feed(Input::LeaseRefused {
                     job_id,
                     worker,
                     reason,
@@ -267,7 +295,10 @@ impl Core {
             },
             Internal::ResultIn { from, result, ack } => {
                 self.feed(Input::Result { from, result });
-                let _ = ack.send(Response::Ack);
+                // The worker may forget its result once acknowledged: commit first.
+                self.after_commit(move || {
+                    let _ = ack.send(Response::Ack);
+                });
             }
             Internal::WorkDone(id) => {
                 self.leases.finish(&id);
@@ -280,6 +311,22 @@ impl Core {
                     .collect();
             }
         }
+    }
+
+    /// Runs `then` once every record write queued so far is committed. If the queue is full,
+    /// `then` is dropped, and so the caller's oneshot: the submitter or worker sees a failure and
+    /// retries, rather than an acknowledgement of something not yet durable.
+    fn after_commit(&self, then: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = oneshot::channel();
+        if self.persist.try_send(Persist::Barrier(tx)).is_err() {
+            warn!("persistence queue full; not acknowledging");
+            return;
+        }
+        tokio::spawn(async move {
+            if rx.await.is_ok() {
+                then();
+            }
+        });
     }
 
     fn refresh_peers(&self) {
@@ -455,8 +502,10 @@ impl Core {
             return Response::Refused(e.to_string());
         }
         let id = job_id(&lease.job);
-        if let Err(e) = self.leases.accept(id, lease.expires_ms) {
-            return Response::Refused(e.to_string());
+        match self.leases.accept(id, lease.expires_ms) {
+            Ok(()) => {}
+            Err(agora_market::Refusal::Full { .. }) => return Response::Busy,
+            Err(e) => return Response::Refused(e.to_string()),
         }
         let work = Work {
             net: self.net.clone(),
@@ -546,7 +595,9 @@ impl Core {
             let caps = self.offer.capabilities.clone();
             tokio::spawn(async move {
                 for c in caps {
-                    let _ = net.provide(format!("agora/capability/{c}").into_bytes()).await;
+                    let _ = net
+                        .provide(format!("agora/capability/{c}").into_bytes())
+                        .await;
                 }
             });
         }
@@ -598,12 +649,24 @@ impl Work {
         lease: &Lease,
     ) -> Result<(Outcome, Vec<u8>), String> {
         let spec = &lease.job.payload;
-        let module = blobs::fetch(&self.net, &self.store, submitter, spec.module, spec.module_size)
-            .await
-            .map_err(|e| e.to_string())?;
-        let input = blobs::fetch(&self.net, &self.store, submitter, spec.input, spec.input_size)
-            .await
-            .map_err(|e| e.to_string())?;
+        let module = blobs::fetch(
+            &self.net,
+            &self.store,
+            submitter,
+            spec.module,
+            spec.module_size,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let input = blobs::fetch(
+            &self.net,
+            &self.store,
+            submitter,
+            spec.input,
+            spec.input_size,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let limits = ExecLimits {
             fuel: spec.limits.fuel,
             memory_bytes: spec.limits.memory_bytes,
@@ -648,17 +711,20 @@ impl Work {
                 return;
             }
         };
-        // Retry a few times: the submitter may be briefly unreachable.
+        // Retry a few times, each bounded: the submitter may be briefly unreachable.
         for attempt in 0..4u32 {
-            match self.net.request(submitter, Request::Result(signed.clone())).await {
-                Ok(Response::Ack) => return,
-                Ok(Response::Refused(why)) => {
+            let sent = tokio::time::timeout(
+                Duration::from_secs(3),
+                self.net.request(submitter, Request::Result(signed.clone())),
+            )
+            .await;
+            match sent {
+                Ok(Ok(Response::Ack)) => return,
+                Ok(Ok(Response::Refused(why))) => {
                     debug!(job = %id.short(), %why, "result refused");
                     return;
                 }
-                Ok(_) | Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
+                _ => tokio::time::sleep(Duration::from_millis(200 << attempt)).await,
             }
         }
         warn!(job = %id.short(), "could not deliver a result to the submitter");

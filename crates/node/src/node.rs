@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::blobs;
 use crate::config::{NodeConfig, Preset};
-use crate::core::{Command, Core};
+use crate::core::{Command, Core, Persist};
 use crate::identity::{self, IdentityError};
 use crate::store::{Store, StoreError};
 
@@ -273,7 +273,7 @@ impl NodeHandle {
         .map_err(|_| SubmitError::Stopped)??;
         let signed = Signed::sign(&self.shared.keypair, spec, now_ms())
             .map_err(|e| SubmitError::InvalidModule(e.to_string()))?;
-        self.ask(|tx| Command::Submit(signed, tx))
+        self.ask(|tx| Command::Submit(Box::new(signed), tx))
             .await
             .ok_or(SubmitError::Stopped)
     }
@@ -290,7 +290,9 @@ impl NodeHandle {
 
     /// Cancels a job; false if unknown.
     pub async fn cancel(&self, id: JobId) -> bool {
-        self.ask(|tx| Command::Cancel(id, tx)).await.unwrap_or(false)
+        self.ask(|tx| Command::Cancel(id, tx))
+            .await
+            .unwrap_or(false)
     }
 
     /// This node's reputation book.
@@ -335,9 +337,16 @@ pub struct Node {
     stop: mpsc::Sender<()>,
 }
 
-/// Writes job records in order, one redb transaction each.
-async fn persister(store: Store, mut rx: mpsc::Receiver<(JobId, Option<Vec<u8>>)>) {
-    while let Some((id, bytes)) = rx.recv().await {
+/// Writes job records in order, one redb transaction each, and answers barriers.
+async fn persister(store: Store, mut rx: mpsc::Receiver<Persist>) {
+    while let Some(op) = rx.recv().await {
+        let (id, bytes) = match op {
+            Persist::Write(id, bytes) => (id, bytes),
+            Persist::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let store = store.clone();
         let r = tokio::task::spawn_blocking(move || match bytes {
             Some(b) => store.put_job(&id, &b),

@@ -275,7 +275,15 @@ impl Outcome {
                 b.extend_from_slice(output_hash.as_bytes());
                 Hash::of(&b)
             }
-            Outcome::Failed { kind, .. } => Hash::of(format!("failed:{kind}").as_bytes()),
+            Outcome::Failed { kind, .. } => {
+                // Every resource limit is one verdict: which limit trips first can depend on the
+                // machine (wall time), and the job's answer is the same: it does not fit.
+                let kind = match kind.as_str() {
+                    "fuel" | "memory" | "wall_time" | "output" => "limit",
+                    other => other,
+                };
+                Hash::of(format!("failed:{kind}").as_bytes())
+            }
         }
     }
 }

@@ -139,6 +139,8 @@ pub enum Response {
     Ack,
     /// Refused, with the reason.
     Refused(String),
+    /// No capacity right now (no free executor slot): ask someone else or later. Not a fault.
+    Busy,
     /// A blob chunk: `data` starts at the requested offset; `total` is the blob's size.
     Blob {
         /// The blob's full size.

@@ -1,0 +1,261 @@
+//! In-process scenarios: whole networks of real nodes (real sockets, redb, wasmtime) in one
+//! process, running the example workloads through the market.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agora_exec::{Job, Limits, Sandbox};
+use agora_node::{FileConfig, JobState, Node, NodeConfig, NodeHandle, SubmitRequest};
+use agora_types::Hash;
+use agora_types::job::Outcome;
+
+const PRIMES: &[u8] = include_bytes!("../../../examples/wasm/primes.wasm");
+const MANDELBROT: &[u8] = include_bytes!("../../../examples/wasm/mandelbrot.wasm");
+const SHA256CHAIN: &[u8] = include_bytes!("../../../examples/wasm/sha256chain.wasm");
+
+fn work(i: usize) -> (&'static [u8], Vec<u8>) {
+    match i % 3 {
+        0 => (PRIMES, format!("{}", 1000 + 37 * i).into_bytes()),
+        1 => (MANDELBROT, format!("{} 12 50", 8 + i % 9).into_bytes()),
+        _ => (
+            SHA256CHAIN,
+            format!("{}\nseed-{i}", 1 + i % 50).into_bytes(),
+        ),
+    }
+}
+
+struct Net {
+    nodes: Vec<Node>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Net {
+    async fn start(n: usize, byzantine: usize) -> Net {
+        let mut nodes: Vec<Node> = vec![];
+        let mut dirs = vec![];
+        let mut bootstrap: Vec<String> = vec![];
+        for i in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let file = FileConfig {
+                data_dir: Some(dir.path().to_path_buf()),
+                listen: Some(vec!["/ip4/127.0.0.1/tcp/0".into()]),
+                bootstrap: Some(bootstrap.clone()),
+                mdns: Some(false),
+                executor_slots: Some(2),
+                ad_interval_secs: Some(1),
+                ..Default::default()
+            };
+            let mut config = NodeConfig::validate(file).unwrap();
+            config.byzantine = i >= n - byzantine;
+            let node = Node::start(config).await.unwrap();
+            if i == 0 {
+                let h = node.handle();
+                let addr = loop {
+                    if let Some(a) = h.status().await.unwrap().listen_addresses.first() {
+                        break a.clone();
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                bootstrap.push(format!("{addr}/p2p/{}", h.peer_id()));
+            }
+            nodes.push(node);
+            dirs.push(dir);
+        }
+        let net = Net { nodes, _dirs: dirs };
+        // Everyone connected, then one more ad interval so capability indexes are filled.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut ok = true;
+            for h in net.handles() {
+                ok &= h.status().await.unwrap().connected_peers >= n - 1;
+            }
+            if ok {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "network did not form"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        net
+    }
+
+    fn handles(&self) -> Vec<NodeHandle> {
+        self.nodes.iter().map(|n| n.handle()).collect()
+    }
+
+    async fn stop(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// Submits `count` jobs round-robin to `submitters`, waits for all, and returns for each job its
+/// submitter, the verified output (or None) and the expected output.
+async fn run_jobs(
+    submitters: &[NodeHandle],
+    count: usize,
+) -> Vec<(usize, Option<Vec<u8>>, Vec<u8>)> {
+    let sandbox = Sandbox::new().unwrap();
+    let mut ids = vec![];
+    for i in 0..count {
+        let (module, input) = work(i);
+        let expected = {
+            let sandbox = sandbox.clone();
+            let job = Job::new(
+                Arc::<[u8]>::from(module),
+                input.clone(),
+                vec![],
+                Limits::default(),
+            );
+            tokio::task::spawn_blocking(move || sandbox.run_blocking(&job))
+                .await
+                .unwrap()
+                .unwrap()
+                .stdout
+        };
+        let h = &submitters[i % submitters.len()];
+        let module = h.put_blob(module.to_vec()).await.unwrap();
+        let input = h.put_blob(input).await.unwrap();
+        let id = h
+            .submit(SubmitRequest {
+                module,
+                input: Some(input),
+                redundancy: Some(3),
+                deadline_secs: Some(240),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        ids.push((i % submitters.len(), id, expected));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut out = vec![];
+    for (s, id, expected) in ids {
+        let h = &submitters[s];
+        let record = loop {
+            let r = h.job(id).await.expect("job known to its submitter");
+            if r.state.is_final() {
+                break r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} never finished: {}",
+                r.summary()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let output = if record.state == JobState::Verified {
+            Some(h.output(id).await.unwrap())
+        } else {
+            let tail: Vec<String> = record
+                .timeline
+                .iter()
+                .rev()
+                .take(30)
+                .rev()
+                .map(|t| format!("  {} {}", t.at_ms, t.event))
+                .collect();
+            eprintln!("job {id} failed: {}\n{}", record.summary(), tail.join("\n"));
+            None
+        };
+        out.push((s, output, expected));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_scenario_ten_nodes_hundred_jobs_all_verified_and_equal_to_local_execution() {
+    let net = Net::start(10, 0).await;
+    let handles = net.handles();
+    let results = run_jobs(&handles, 100).await;
+    let verified = results.iter().filter(|(_, o, _)| o.is_some()).count();
+    assert_eq!(verified, 100, "every job verified");
+    for (i, (_, output, expected)) in results.iter().enumerate() {
+        assert_eq!(
+            output.as_ref(),
+            Some(expected),
+            "job {i}: output differs from a local run"
+        );
+    }
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_scenario_three_byzantine_of_ten_no_wrong_output_and_lowest_reputation() {
+    let net = Net::start(10, 3).await;
+    let handles = net.handles();
+    let honest = &handles[..7];
+    let byzantine: Vec<_> = handles[7..].iter().map(|h| h.peer_id()).collect();
+    let results = run_jobs(honest, 100).await;
+    let wrong = results
+        .iter()
+        .filter(|(_, o, e)| o.as_ref().is_some_and(|o| o != e))
+        .count();
+    assert_eq!(wrong, 0, "no wrong output accepted");
+    let verified = results.iter().filter(|(_, o, _)| o.is_some()).count();
+    assert!(verified >= 95, "only {verified} of 100 verified");
+
+    // Reputation as the network sees it: the sum of every honest node's local book.
+    let mut total: HashMap<_, i64> = HashMap::new();
+    for h in honest {
+        for (peer, score) in h.reputation().await {
+            *total.entry(peer).or_default() += score;
+        }
+    }
+    let worst_honest = honest
+        .iter()
+        .map(|h| total.get(&h.peer_id()).copied().unwrap_or(0))
+        .min()
+        .unwrap();
+    for b in &byzantine {
+        let s = total.get(b).copied().unwrap_or(0);
+        assert!(
+            s < worst_honest,
+            "byzantine {b} has {s}, not below the worst honest {worst_honest}: {total:?}"
+        );
+    }
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_module_ends_failed_with_its_reason_and_outputs_hash_checked() {
+    let net = Net::start(4, 0).await;
+    let h = net.handles()[0].clone();
+    // A module that asks for 4 GiB of memory: every worker's limiter refuses it.
+    let wasm = wat::parse_str(r#"(module (memory 65536) (func (export "_start")))"#).unwrap();
+    let module = h.put_blob(wasm).await.unwrap();
+    let id = h
+        .submit(SubmitRequest {
+            module,
+            redundancy: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let record = loop {
+        let r = h.job(id).await.unwrap();
+        if r.state.is_final() {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(record.state, JobState::Failed, "{}", record.summary());
+    let reason = record.fail_reason.unwrap().to_string();
+    assert!(reason.contains("memory"), "{reason}");
+    assert!(
+        record
+            .results
+            .iter()
+            .all(|r| matches!(&r.outcome, Outcome::Failed { kind, .. } if kind == "memory"))
+    );
+    // An unknown job and an unknown blob are reported as such.
+    assert!(h.output(Hash::of(b"nope")).await.is_err());
+    net.stop().await;
+}
