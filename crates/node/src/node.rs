@@ -337,24 +337,36 @@ pub struct Node {
     stop: mpsc::Sender<()>,
 }
 
-/// Writes job records in order, one redb transaction each, and answers barriers.
+/// Writes job records in order and answers barriers. Whatever is queued when it wakes is
+/// written in one transaction (group commit), so a burst of changes costs one sync.
 async fn persister(store: Store, mut rx: mpsc::Receiver<Persist>) {
-    while let Some(op) = rx.recv().await {
-        let (id, bytes) = match op {
-            Persist::Write(id, bytes) => (id, bytes),
-            Persist::Barrier(done) => {
-                let _ = done.send(());
+    let mut batch: Vec<(JobId, Option<Vec<u8>>)> = vec![];
+    let mut barriers: Vec<oneshot::Sender<()>> = vec![];
+    while let Some(first) = rx.recv().await {
+        let mut op = Some(first);
+        while let Some(o) = op.take() {
+            match o {
+                Persist::Write(id, bytes) => batch.push((id, bytes)),
+                Persist::Barrier(done) => barriers.push(done),
+            }
+            if batch.len() < 1024 {
+                op = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let store = store.clone();
+            let writes = std::mem::take(&mut batch);
+            let n = writes.len();
+            let r = tokio::task::spawn_blocking(move || store.write_jobs(&writes)).await;
+            if !matches!(r, Ok(Ok(()))) {
+                warn!(records = n, "cannot persist job records");
+                // Barriers are dropped: whoever waits sees a failure, not a false acknowledgement.
+                barriers.clear();
                 continue;
             }
-        };
-        let store = store.clone();
-        let r = tokio::task::spawn_blocking(move || match bytes {
-            Some(b) => store.put_job(&id, &b),
-            None => store.delete_job(&id),
-        })
-        .await;
-        if !matches!(r, Ok(Ok(()))) {
-            warn!(job = %id.short(), "cannot persist a job record");
+        }
+        for done in barriers.drain(..) {
+            let _ = done.send(());
         }
     }
 }

@@ -84,6 +84,26 @@ impl Store {
         tx.commit().map_err(db_err)
     }
 
+    /// Writes (`Some`) or deletes (`None`) several job records in one transaction: one commit,
+    /// one sync, however many records.
+    pub fn write_jobs(&self, batch: &[(Hash, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(JOBS).map_err(db_err)?;
+            for (id, record) in batch {
+                match record {
+                    Some(r) => {
+                        t.insert(id.as_bytes(), r.as_slice()).map_err(db_err)?;
+                    }
+                    None => {
+                        t.remove(id.as_bytes()).map_err(db_err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
     /// Removes a job record.
     pub fn delete_job(&self, id: &Hash) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
