@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
-    /// A devnet on this machine: loopback, ephemeral ports, no mDNS, fast timers.
+    /// A devnet on this machine: loopback, ephemeral ports, fast timers.
     #[default]
     Local,
     /// A node on a real network: all interfaces, port 7470, mDNS on, slower timers.
@@ -245,9 +245,8 @@ impl NodeConfig {
         if let Some(s) = &f.static_peers {
             net.static_peers = parse_addrs("static_peers", s)?;
         }
-        if let Some(m) = f.mdns {
-            net.mdns = m;
-        }
+        // mDNS is on for `agora node` unless turned off (devnets and tests turn it off).
+        net.mdns = f.mdns.unwrap_or(true);
         if let Some(m) = f.max_connections {
             if m == 0 || m > 100_000 {
                 return Err(ConfigError::field("max_connections", m, "1..=100000"));

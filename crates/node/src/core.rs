@@ -108,7 +108,10 @@ impl Core {
         let mut peers_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = self.stop.recv() => return,
+                _ = self.stop.recv() => {
+                    self.save_reputation();
+                    return;
+                }
                 Some(c) = self.commands.recv() => self.on_command(c),
                 Some(i) = self.internal.recv() => self.on_internal(i),
                 event = self.events.recv() => match event {
@@ -128,7 +131,10 @@ impl Core {
                         }
                     }
                 }
-                _ = beacon.tick() => self.beacon(),
+                _ = beacon.tick() => {
+                    self.beacon();
+                    self.save_reputation();
+                }
                 _ = peers_tick.tick() => self.refresh_peers(),
             }
         }
@@ -325,6 +331,19 @@ impl Core {
         tokio::spawn(async move {
             if rx.await.is_ok() {
                 then();
+            }
+        });
+    }
+
+    /// Saves the reputation book (it is restored at start).
+    fn save_reputation(&self) {
+        let Ok(bytes) = serde_json::to_vec(self.market.reputation()) else {
+            return;
+        };
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.put_meta("reputation", &bytes) {
+                warn!(error = %e, "cannot save the reputation book");
             }
         });
     }
