@@ -99,11 +99,22 @@ async fn every_bench_reports_its_fields() {
     assert!(number(&sizes[0], &["per_node_mb"]) >= 0.0);
     has(&r, &["per_node_mb_worst"]);
 
-    for name in ["ledger", "dispatch"] {
-        let r = smoke(name).await;
-        assert_eq!(r["status"], "not_landed", "{r:#}");
-        assert!(r["reason"].is_string(), "{r:#}");
+    let r = smoke("ledger").await;
+    assert_eq!(r["status"], "not_landed", "{r:#}");
+    assert!(r["reason"].is_string(), "{r:#}");
+
+    let r = smoke("dispatch").await;
+    goal(&r);
+    for p in [
+        &["latency_r1", "p50_us"][..],
+        &["latency_r3", "p50_us"],
+        &["sustained", "jobs_per_s"],
+        &["baseline", "crypto_ceiling_jobs_per_s"],
+        &["fraction_of_crypto_ceiling"],
+    ] {
+        assert!(number(&r, p) > 0.0, "{r:#}");
     }
+    assert_eq!(r["sustained"]["failed"], 0, "{r:#}");
 
     // Every listed bench was covered, and unknown names are refused.
     assert_eq!(
