@@ -470,10 +470,11 @@ impl Core {
             Request::Cancel(id) => {
                 // From the worker: it gives the lease back. From the submitter: it withdraws it.
                 if self.market.job(&id).is_some() {
-                    self.feed(Input::LeaseRefused {
+                    // Giving a lease back (pool full, blobs unreachable) is not a fault; the
+                    // worker must bid again to be leased again.
+                    self.feed(Input::LeaseBusy {
                         job_id: id,
                         worker: peer,
-                        reason: "the worker gave the lease back".into(),
                     });
                 } else if let Some((submitter, _)) = self.running.get(&id)
                     && *submitter == peer
