@@ -9,9 +9,10 @@
 //! The two are timed in alternating blocks; p50 and p99 per run.
 //!
 //! CPU-bound job: a loop of 10^8 64-bit adds that writes its sum to stdout, under the sandbox
-//! (fuel metering and epoch interruption on) against the default engine (fuel off). A third
-//! figure, the default engine with fuel on, splits the overhead between fuel and the rest. The
-//! median of several runs of each is reported (the first, compiling, run is not timed).
+//! (fuel metering and epoch interruption on) against the default engine (fuel off). Two more
+//! figures, the default engine with fuel on and with fuel and epoch interruption on, split the
+//! overhead between fuel, epoch checks and the rest. The median of several runs of each is
+//! reported (the first, compiling, run is not timed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,8 +93,9 @@ fn run_blocking(opts: &Opts) -> anyhow::Result<Value> {
     let cpu_runs = if opts.smoke { 2 } else { 7 };
 
     let sandbox = Sandbox::new().map_err(|e| anyhow!("sandbox: {e}"))?;
-    let bare = Bare::new(false)?;
-    let bare_fuel = Bare::new(true)?;
+    let bare = Bare::new(false, false)?;
+    let bare_fuel = Bare::new(true, false)?;
+    let bare_fuel_epoch = Bare::new(true, true)?;
 
     // Trivial job.
     let echo: Arc<[u8]> = wat::parse_str(ECHO_WAT)?.into();
@@ -126,12 +128,14 @@ fn run_blocking(opts: &Opts) -> anyhow::Result<Value> {
     let cpu_job = Job::new(cpu.clone(), vec![], vec![], Limits::default());
     let cpu_pre = bare.prepare(&cpu)?;
     let cpu_pre_fuel = bare_fuel.prepare(&cpu)?;
+    let cpu_pre_fuel_epoch = bare_fuel_epoch.prepare(&cpu)?;
     // The first runs compile; they are not timed.
     agora_run(&sandbox, &cpu_job, &expected)?;
     let mut fuel_used = 0;
     bare.run(&cpu_pre, &[], &expected)?;
     bare_fuel.run(&cpu_pre_fuel, &[], &expected)?;
-    let (mut a, mut b, mut bf) = (vec![], vec![], vec![]);
+    bare_fuel_epoch.run(&cpu_pre_fuel_epoch, &[], &expected)?;
+    let (mut a, mut b, mut bf, mut bfe) = (vec![], vec![], vec![], vec![]);
     for _ in 0..cpu_runs {
         let t = Instant::now();
         let out = sandbox
@@ -144,12 +148,14 @@ fn run_blocking(opts: &Opts) -> anyhow::Result<Value> {
         fuel_used = out.fuel_used;
         b.push(bare.run(&cpu_pre, &[], &expected)?);
         bf.push(bare_fuel.run(&cpu_pre_fuel, &[], &expected)?);
+        bfe.push(bare_fuel_epoch.run(&cpu_pre_fuel_epoch, &[], &expected)?);
     }
     let median = |v: &mut Vec<Duration>| {
         v.sort();
         util::quantile(v, 0.5).unwrap_or_default()
     };
-    let (cpu_a, cpu_b, cpu_bf) = (median(&mut a), median(&mut b), median(&mut bf));
+    let (cpu_a, cpu_b) = (median(&mut a), median(&mut b));
+    let (cpu_bf, cpu_bfe) = (median(&mut bf), median(&mut bfe));
     let cpu_ratio = util::ratio(cpu_a, cpu_b);
 
     Ok(json!({
@@ -174,7 +180,11 @@ fn run_blocking(opts: &Opts) -> anyhow::Result<Value> {
             "fuel_used": fuel_used,
             "baseline_ms": util::ms(cpu_b),
             "baseline_is": "same module on a default wasmtime Engine, fuel off (median of runs)",
-            "bare_with_fuel_ms": util::ms(cpu_bf),
+            "diagnostic": {
+                "bare_fuel_ms": util::ms(cpu_bf),
+                "bare_fuel_and_epoch_ms": util::ms(cpu_bfe),
+                "note": "the default engine with fuel metering on, then also epoch interruption (as the sandbox's engine has): splits the overhead between fuel, epoch checks and the rest of the sandbox",
+            },
             "ratio": cpu_ratio,
         },
         "goal": format!("trivial p50 ratio <= {GOAL} and CPU-bound ratio <= {GOAL}"),
@@ -200,17 +210,19 @@ fn agora_run(sandbox: &Sandbox, job: &Job, expected: &[u8]) -> anyhow::Result<Du
     Ok(dt)
 }
 
-/// Bare wasmtime with wasmtime-wasi p1: the default engine, optionally with fuel.
+/// Bare wasmtime with wasmtime-wasi p1: the default engine, optionally with fuel metering and
+/// epoch interruption (its deadline never reached).
 struct Bare {
     engine: Engine,
     linker: Linker<WasiP1Ctx>,
     fuel: bool,
+    epoch: bool,
 }
 
 impl Bare {
-    fn new(fuel: bool) -> anyhow::Result<Self> {
+    fn new(fuel: bool, epoch: bool) -> anyhow::Result<Self> {
         let mut config = Config::new();
-        config.consume_fuel(fuel);
+        config.consume_fuel(fuel).epoch_interruption(epoch);
         let engine = Engine::new(&config).map_err(|e| anyhow!("engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         p1::add_to_linker_sync(&mut linker, |ctx: &mut WasiP1Ctx| ctx)
@@ -219,6 +231,7 @@ impl Bare {
             engine,
             linker,
             fuel,
+            epoch,
         })
     }
 
@@ -248,6 +261,9 @@ impl Bare {
             store
                 .set_fuel(u64::MAX)
                 .map_err(|e| anyhow!("set_fuel: {e}"))?;
+        }
+        if self.epoch {
+            store.set_epoch_deadline(u64::MAX / 2);
         }
         let instance = pre
             .instantiate(&mut store)

@@ -3,7 +3,7 @@
 //! For each size (100, 300 and 1000 nodes by default), `agora_net` nodes are started in this
 //! process on loopback TCP with `Config::local()`, except: each dials one of the first four nodes
 //! (the hubs) as its bootstrap peer and then discovers more through Kademlia, with
-//! `target_peers` = 4 ("a few others") and at most 12 connections (the hubs accept `n + 16`).
+//! `target_peers` = 4 ("a few others") and at most 10 connections (the hubs accept `n + 16`).
 //! Every node's event queue is drained by a task, as a node's would be. Once every node has a
 //! peer, they idle (GossipSub heartbeats, pings, Kademlia refreshes all run) for 30 s, then the
 //! process's `VmRSS` is read.
@@ -99,33 +99,46 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
     }))
 }
 
-/// Starts `n` nodes: the first [`HUBS`] are the bootstrap peers of the others.
+/// Starts `n` nodes: the first [`HUBS`] (bootstrapping to node 0), then all the others at once,
+/// each bootstrapping to one of the hubs.
 async fn start(n: usize) -> anyhow::Result<Vec<Node>> {
-    let mut nodes: Vec<Node> = Vec::with_capacity(n);
-    for i in 0..n {
+    let config = |i: usize, bootstrap: Option<&agora_net::Multiaddr>| -> anyhow::Result<_> {
         let mut config = util::local_config()?;
         config.target_peers = 4;
         if i < HUBS {
             config.max_connections = config.max_connections.max(n as u32 + 16);
-            config.max_pending_incoming = config.max_pending_incoming.max(256);
+            config.max_pending_incoming = config.max_pending_incoming.max(n as u32);
         } else {
-            config.max_connections = 12;
+            config.max_connections = 10;
         }
-        if i > 0 {
-            config.bootstrap = vec![nodes[if i < HUBS { 0 } else { i % HUBS }].addr.clone()];
+        config.bootstrap = bootstrap.into_iter().cloned().collect();
+        Ok(config)
+    };
+    let mut nodes = vec![util::start_node(config(0, None)?).await?];
+    let hub0 = nodes[0].addr.clone();
+    let hubs = (1..HUBS.min(n))
+        .map(|i| config(i, Some(&hub0)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rest = util::start_nodes(hubs).await;
+    let rest = match rest {
+        Ok(hubs) => {
+            nodes.extend(hubs);
+            let configs = (HUBS..n)
+                .map(|i| config(i, Some(&nodes[i % HUBS].addr)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            util::start_nodes(configs).await
         }
-        let mut node = match util::start_node(config).await {
-            Ok(node) => node,
-            Err(e) => {
-                util::shutdown_all(nodes).await;
-                return Err(e);
-            }
-        };
-        util::serve(&mut node, |_| {});
-        nodes.push(node);
-        if i % 50 == 49 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(e) => Err(e),
+    };
+    match rest {
+        Ok(rest) => nodes.extend(rest),
+        Err(e) => {
+            util::shutdown_all(nodes).await;
+            return Err(e);
         }
+    }
+    for node in &mut nodes {
+        util::serve(node, |_| {});
     }
     Ok(nodes)
 }

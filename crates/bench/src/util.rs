@@ -75,9 +75,31 @@ pub(crate) fn rss_bytes() -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
+/// CPU time this process's live threads have used so far (the sum over
+/// `/proc/self/task/*/schedstat`, in nanoseconds); `None` where that is not readable.
+pub(crate) fn process_cpu() -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(task) = task else { continue };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
 /// Open file descriptors of this process (each TCP connection end is one).
 pub(crate) fn open_fds() -> Option<usize> {
     std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
+/// Prints a progress line on stderr when `AGORA_BENCH_PROGRESS` is set (the report itself goes
+/// to stdout, from the caller).
+pub(crate) fn progress(line: &str) {
+    if std::env::var_os("AGORA_BENCH_PROGRESS").is_some() {
+        eprintln!("[agora-bench] {line}");
+    }
 }
 
 /// Facts about the machine, stamped on every report.
@@ -109,32 +131,69 @@ pub(crate) struct Node {
 
 /// Spawns a node and waits until it listens.
 pub(crate) async fn start_node(config: Config) -> anyhow::Result<Node> {
-    let Network {
-        handle,
-        events,
-        task,
-    } = agora_net::spawn(
-        Keypair::generate_ed25519(),
-        config,
-        &mut Registry::default(),
-    )?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let addr = loop {
+    let mut nodes = start_nodes(vec![config]).await?;
+    nodes.pop().context("no node started")
+}
+
+/// Spawns nodes, all at once, then waits until every one listens. On error, the ones started
+/// are stopped.
+pub(crate) async fn start_nodes(configs: Vec<Config>) -> anyhow::Result<Vec<Node>> {
+    let mut spawned = Vec::with_capacity(configs.len());
+    for config in configs {
+        match agora_net::spawn(
+            Keypair::generate_ed25519(),
+            config,
+            &mut Registry::default(),
+        ) {
+            Ok(network) => spawned.push(network),
+            Err(e) => {
+                stop_networks(spawned).await;
+                return Err(e.into());
+            }
+        }
+    }
+    let addrs = futures::future::join_all(spawned.iter().map(|n| listen_addr(&n.handle))).await;
+    let mut nodes = Vec::with_capacity(spawned.len());
+    let mut failure = None;
+    for (network, addr) in spawned.into_iter().zip(addrs) {
+        match addr {
+            Ok(addr) => nodes.push(Node {
+                addr: addr.with(Protocol::P2p(network.handle.local_peer_id())),
+                handle: network.handle,
+                events: Some(network.events),
+                task: network.task,
+            }),
+            Err(e) => {
+                failure.get_or_insert(e);
+                let _ = network.handle.shutdown().await;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        shutdown_all(nodes).await;
+        return Err(e);
+    }
+    Ok(nodes)
+}
+
+async fn listen_addr(handle: &NetHandle) -> anyhow::Result<Multiaddr> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
         if let Some(a) = handle.status().await?.listen_addresses.first() {
-            break a.clone();
+            return Ok(a.clone());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("node did not start listening within 10 s");
+            bail!("a node did not start listening within 30 s");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let addr = addr.with(Protocol::P2p(handle.local_peer_id()));
-    Ok(Node {
-        handle,
-        addr,
-        events: Some(events),
-        task,
-    })
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn stop_networks(networks: Vec<Network>) {
+    futures::future::join_all(networks.into_iter().map(|n| async move {
+        let _ = n.handle.shutdown().await;
+    }))
+    .await;
 }
 
 /// Takes a node's event queue and serves it in a task: echo requests are answered, gossip is
