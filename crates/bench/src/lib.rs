@@ -49,7 +49,8 @@ pub struct Opts {
     /// `rr`: sequential requests (default 2000, smoke 50). `gossip`: messages published
     /// (default 40, smoke 3). `exec`: runs of the trivial job (default 2000, smoke 20).
     pub iterations: Option<usize>,
-    /// `gossip`: the injected one-way link latency in milliseconds (default 20).
+    /// `gossip`: the injected one-way link latency in milliseconds (default 20; 0 runs plain
+    /// TCP, and then there is no bound to compare with).
     pub latency_ms: Option<u64>,
 }
 

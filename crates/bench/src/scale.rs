@@ -6,7 +6,7 @@
 //! `target_peers` = 4 ("a few others") and at most 10 connections (the hubs accept `n + 16`).
 //! Every node's event queue is drained by a task, as a node's would be. Once every node has a
 //! peer, they idle (GossipSub heartbeats, pings, Kademlia refreshes all run) for 30 s, then the
-//! process's `VmRSS` is read.
+//! process's `VmRSS` is read. The CPU the idle nodes used meanwhile is reported too.
 //!
 //! The figure is `(RSS after idling - RSS before the first size) / nodes`: memory the allocator
 //! kept from an earlier size is charged to the later one, so it errs on the high side. The
@@ -59,12 +59,20 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
         }
         let setup = started.elapsed();
         let mut peak = util::rss_bytes()?;
+        let (cpu0, wall0) = (util::process_cpu(), Instant::now());
         let idle_end = Instant::now() + idle;
         while Instant::now() < idle_end {
             tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
             peak = peak.max(util::rss_bytes()?);
         }
         let after = util::rss_bytes()?;
+        // CPU the idle nodes burn (timers, pings, DHT refreshes), in cores.
+        let idle_cores = match (cpu0, util::process_cpu()) {
+            (Some(a), Some(b)) => {
+                Some(b.saturating_sub(a).as_secs_f64() / wall0.elapsed().as_secs_f64())
+            }
+            _ => None,
+        };
         let (min, mean, max) = util::connectivity(&nodes).await?;
         let fds = util::open_fds();
         util::shutdown_all(nodes).await;
@@ -80,6 +88,9 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
             "per_node_mb": util::round(per_node, 3),
             "per_node_delta_mb": util::round(per_node_delta, 3),
             "connected_peers": {"min": min, "mean": mean, "max": max},
+            "idle_cpu_cores": idle_cores.map(|c| util::round(c, 3)),
+            "idle_cpu_ms_per_node_per_sec":
+                idle_cores.map(|c| util::round(c * 1000.0 / n as f64, 3)),
             "open_fds": fds,
             "setup_secs": util::round(setup.as_secs_f64(), 1),
         }));
