@@ -45,46 +45,34 @@ impl Api {
         )
     }
 
+    /// Sends a request and checks its status, saying how to fix an unreachable node.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let r = req.send().await.with_context(|| self.unreachable())?;
+        self.check(r).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .with_context(|| self.unreachable())?;
-        Ok(self.check(r).await?.bytes().await?.to_vec())
+        let r = self.send(self.http.get(self.url(path))).await?;
+        Ok(r.bytes().await?.to_vec())
     }
 
     pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<Value> {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .body(body)
-            .send()
-            .await
-            .with_context(|| self.unreachable())?;
-        Ok(self.check(r).await?.json().await?)
+        let r = self.send(self.http.post(self.url(path)).body(body)).await?;
+        Ok(r.json().await?)
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .with_context(|| self.unreachable())?;
-        Ok(self.check(r).await?.json().await?)
+        let r = self.send(self.http.post(self.url(path)).json(body)).await?;
+        Ok(r.json().await?)
     }
 
     pub async fn get_json(&self, path: &str) -> Result<Value> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .with_context(|| self.unreachable())?;
-        Ok(self.check(r).await?.json().await?)
+        let r = self.send(self.http.get(self.url(path))).await?;
+        Ok(r.json().await?)
     }
 }
 
