@@ -89,6 +89,13 @@ pub(crate) fn process_cpu() -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
+/// This process's limit on open file descriptors (`Max open files` in `/proc/self/limits`).
+pub(crate) fn fd_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// Open file descriptors of this process (each TCP connection end is one).
 pub(crate) fn open_fds() -> Option<usize> {
     std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
