@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 mod jobs;
+mod ledger;
 
 /// An API error: a status code and a message that says what was wrong.
 #[derive(Debug)]
@@ -53,6 +54,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/v1/peers", get(peers))
         .route("/metrics", get(metrics))
         .merge(jobs::routes())
+        .merge(ledger::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
 }

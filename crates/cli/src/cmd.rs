@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{bench, client, devnet, job, run_node};
+use crate::{bench, client, devnet, job, run_node, wallet};
 
 /// Agora: a peer-to-peer compute network. Every node is worker and coordinator at once.
 ///
@@ -36,6 +36,11 @@ pub enum Command {
     /// Submit jobs to a node and follow them.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// This node's account on the ledger: balance, transfer, stake, unstake, history.
+    #[command(subcommand)]
+    Wallet(wallet::WalletCommand),
+    /// Write a genesis file for a new network from peer ids, balances, stakes and validators.
+    Genesis(wallet::GenesisArgs),
     /// Run a benchmark in this process and print its JSON report, each figure beside a baseline
     /// measured in the same run.
     Bench(bench::BenchArgs),
@@ -102,6 +107,24 @@ pub struct NodeArgs {
     /// Concurrent executions (0: one per core).
     #[arg(long, env = "AGORA_EXECUTOR_SLOTS")]
     pub executor_slots: Option<usize>,
+    /// Join the network this genesis file describes (`agora genesis`): escrow, staking and a
+    /// BFT-replicated ledger. Without it the node trades without payment.
+    #[arg(long, env = "AGORA_GENESIS")]
+    pub genesis: Option<PathBuf>,
+    /// Where the consensus engine listens, IP:PORT [default: 127.0.0.1:<free port> (local),
+    /// 0.0.0.0:7471 (production)].
+    #[arg(long, env = "AGORA_CONSENSUS_LISTEN")]
+    pub consensus_listen: Option<String>,
+    /// A consensus endpoint to dial, IP:PORT (repeatable), besides the genesis file's validators.
+    #[arg(
+        long = "consensus-peer",
+        env = "AGORA_CONSENSUS_PEERS",
+        value_delimiter = ','
+    )]
+    pub consensus_peers: Vec<String>,
+    /// Target milliseconds between blocks [default: 300 (local), 1000 (production)].
+    #[arg(long, env = "AGORA_BLOCK_TIME_MS")]
+    pub block_time_ms: Option<u64>,
     /// Exit when the parent process dies (used by `agora devnet`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -119,6 +142,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => client::status(&a),
         Command::Peers(a) => client::peers(&a),
         Command::Job(c) => job::run(c),
+        Command::Wallet(c) => wallet::run(c),
+        Command::Genesis(a) => wallet::genesis(a),
         Command::Bench(a) => bench::run(a),
     }
 }

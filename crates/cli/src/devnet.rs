@@ -49,6 +49,12 @@ pub struct DevnetArgs {
     /// Redundancy of the submitted jobs.
     #[arg(long, default_value_t = 3)]
     pub redundancy: u8,
+    /// How many of the nodes (the first ones) validate the ledger; the others follow it.
+    #[arg(long, default_value_t = 4)]
+    pub validators: usize,
+    /// Run without a ledger: no genesis, no escrow, no staking (jobs are not paid).
+    #[arg(long)]
+    pub no_ledger: bool,
 }
 
 pub(crate) struct Child_ {
@@ -228,12 +234,17 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
         base.display()
     );
     let first_byzantine = a.nodes - a.byzantine;
+    let ledger_flags = if a.no_ledger {
+        vec![Vec::new(); a.nodes]
+    } else {
+        write_genesis(&base, a.nodes, a.validators)?
+    };
     let mut nodes = spawn_nodes(&base, a.nodes, |i| {
+        let mut flags = ledger_flags[i].clone();
         if i >= first_byzantine {
-            vec!["--byzantine".to_string()]
-        } else {
-            vec![]
+            flags.push("--byzantine".to_string());
         }
+        flags
     })
     .await?;
     let byzantine_ids: Vec<String> = nodes[first_byzantine..]
@@ -344,6 +355,12 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
         d.abort();
         job_summary = Some(progress.summary(a.jobs));
     }
+    let ledger_summary = if a.no_ledger {
+        None
+    } else {
+        header.set_message("waiting for the ledger to settle verified jobs");
+        Some(ledger_summary(&nodes, &byzantine_ids, job_summary.as_ref()).await)
+    };
     let final_statuses = statuses(&nodes).await;
     header.set_message("stopping nodes");
     stop_nodes(&mut nodes).await;
@@ -374,11 +391,17 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
     if let Some(j) = &job_summary {
         eprintln!("jobs: {j}");
     }
+    if let Some(l) = &ledger_summary {
+        eprintln!("ledger: {l}");
+    }
     if a.json {
         let mut out = json!({ "nodes": summary });
         if let Some(j) = job_summary {
             out["jobs"] = j;
             out["byzantine"] = json!(byzantine_ids);
+        }
+        if let Some(l) = ledger_summary {
+            out["ledger"] = l;
         }
         outln!("{out}");
     }
@@ -386,4 +409,100 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
         bail!(e);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the devnet's genesis: every node gets a balance and a worker's stake, the first
+/// `validators` a validator's stake and a consensus endpoint. Returns each node's ledger flags.
+fn write_genesis(base: &Path, n: usize, validators: usize) -> Result<Vec<Vec<String>>> {
+    let validators = validators.clamp(1, n);
+    let mut peers = Vec::with_capacity(n);
+    let mut ports = Vec::with_capacity(n);
+    for i in 0..n {
+        let (key, _) = agora_node::identity::load_or_create(&base.join(format!("node-{i}")))?;
+        peers.push(key.public().to_peer_id().to_string());
+        ports.push(free_tcp_port()?);
+    }
+    let args = crate::wallet::GenesisArgs {
+        out: base.join("genesis.json"),
+        chain_id: "agora-devnet".into(),
+        validators: (0..validators)
+            .map(|i| format!("{}@127.0.0.1:{}", peers[i], ports[i]))
+            .collect(),
+        accounts: peers[validators..].to_vec(),
+        balance: 1_000_000,
+        stake: 1_000,
+        validator_stake: 10_000,
+        min_bid_stake: 100,
+        unbonding_blocks: 100,
+        // About 30 s at the devnet's 300 ms blocks.
+        refund_after_blocks: 100,
+        force: true,
+    };
+    let genesis = crate::wallet::build_genesis(&args)?;
+    std::fs::write(&args.out, genesis.to_json())?;
+    Ok((0..n)
+        .map(|i| {
+            vec![
+                format!("--genesis={}", args.out.display()),
+                format!("--consensus-listen=127.0.0.1:{}", ports[i]),
+            ]
+        })
+        .collect())
+}
+
+/// The ledger as node 0 sees it, after waiting (up to 20 s) for verified jobs to be settled:
+/// height, validators, whether supply is conserved, totals paid and slashed, whether each
+/// Byzantine worker was slashed, and whether the nodes agree on the state root.
+async fn ledger_summary(nodes: &[Child_], byzantine: &[String], jobs: Option<&Value>) -> Value {
+    let verified = jobs.and_then(|j| j["verified"].as_u64()).unwrap_or(0);
+    let Ok(api) = Api::new(&nodes[0].api) else {
+        return Value::Null;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = Value::Null;
+    loop {
+        if let Ok(s) = api.get_json("/v1/ledger/status").await {
+            status = s;
+        }
+        let settled = status["settled_jobs"].as_u64().unwrap_or(0);
+        let open = status["open_escrows"].as_u64().unwrap_or(0);
+        if (settled >= verified && open == 0) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut slashed = Vec::new();
+    for id in byzantine {
+        let a = api
+            .get_json(&format!("/v1/ledger/accounts/{id}"))
+            .await
+            .unwrap_or(Value::Null);
+        slashed.push(json!({"peer_id": id, "stake": a["stake"], "slashed": a["stake"].as_u64().is_some_and(|s| s < 1_000)}));
+    }
+    // Roots agree where heights agree: ask every node, compare those at node 0's height.
+    let mut roots = std::collections::BTreeMap::new();
+    for n in nodes {
+        if let Ok(api) = Api::new(&n.api)
+            && let Ok(s) = api.get_json("/v1/ledger/status").await
+        {
+            roots
+                .entry(s["height"].as_u64().unwrap_or(0))
+                .or_insert_with(std::collections::BTreeSet::new)
+                .insert(s["state_root"].as_str().unwrap_or("").to_string());
+        }
+    }
+    let roots_agree = roots.values().all(|r| r.len() == 1);
+    json!({
+        "height": status["height"],
+        "validators": status["validators"].as_array().map_or(0, |v| v.len()),
+        "supply_conserved": status["supply"]["conserved"],
+        "paid": status["supply"]["paid"],
+        "slashed": status["supply"]["slashed"],
+        "settled_jobs": status["settled_jobs"],
+        "open_escrows": status["open_escrows"],
+        "verified_jobs": verified,
+        "every_verified_job_paid": status["settled_jobs"].as_u64().unwrap_or(0) >= verified && status["open_escrows"].as_u64() == Some(0),
+        "byzantine_slashed": slashed,
+        "state_roots_agree": roots_agree,
+    })
 }

@@ -21,6 +21,7 @@ mod job;
 mod jobs;
 mod logging;
 mod run_node;
+mod wallet;
 mod workload;
 
 use clap::Parser;

@@ -27,6 +27,10 @@ fn flag_layer(a: &NodeArgs) -> Result<FileConfig> {
             .transpose()?,
         price: a.price,
         executor_slots: a.executor_slots,
+        genesis: a.genesis.clone(),
+        consensus_listen: a.consensus_listen.clone(),
+        consensus_peers: nonempty(&a.consensus_peers),
+        block_time_ms: a.block_time_ms,
         ..FileConfig::default()
     })
 }

@@ -74,6 +74,9 @@ pub struct Config {
     pub max_timeline: usize,
     /// Bid scoring weights.
     pub weights: Weights,
+    /// Hold every submitted job in [`crate::JobState::AwaitingEscrow`] and ask for an escrow
+    /// ([`crate::Output::LockEscrow`]) before announcing it. On when the node runs a ledger.
+    pub require_escrow: bool,
 }
 
 impl Config {
@@ -107,7 +110,15 @@ impl Config {
             max_reputation_entries: 10_000,
             max_timeline: 256,
             weights: Weights::default(),
+            require_escrow: false,
         }
+    }
+
+    /// The escrow a job needs: its maximum price for every replica it may ever use.
+    pub fn escrow_for(&self, max_price: u64, redundancy: u8) -> u64 {
+        let r = usize::from(redundancy.max(1));
+        let workers = (r + self.extra_replica_cap(r)) as u64;
+        max_price.saturating_mul(workers)
     }
 
     /// The cap on replicas added on disagreement for a job of redundancy `r`.

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use agora_types::job::{JobId, Outcome, SignedJob};
+use agora_types::job::{JobId, Outcome, SignedJob, WorkResult};
+use agora_types::sign::Signed;
 use agora_types::{Hash, PeerId, UnixMillis};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,9 @@ pub const MAX_LOST_LEASES_PER_WORKER: usize = 3;
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Waiting for its escrow to be locked on the ledger; not announced yet (only when
+    /// [`crate::Config::require_escrow`] is on).
+    AwaitingEscrow,
     /// Announced; no worker has been leased yet.
     Bidding,
     /// At least one worker has been leased; waiting for results (and maybe more workers).
@@ -47,6 +51,7 @@ impl JobState {
 impl fmt::Display for JobState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            JobState::AwaitingEscrow => "awaiting_escrow",
             JobState::Bidding => "bidding",
             JobState::Running => "running",
             JobState::Verified => "verified",
@@ -326,6 +331,9 @@ pub struct ResultRecord {
     pub received_ms: UnixMillis,
     /// Whether it agreed with the quorum; `None` until the job is decided.
     pub agreed: Option<bool>,
+    /// The worker's signed claim, kept as evidence for settlement (payment or slashing).
+    #[serde(default)]
+    pub signed: Option<Signed<WorkResult>>,
 }
 
 /// Everything the submitter knows about one job.

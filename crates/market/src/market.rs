@@ -34,6 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use agora_types::job::{Bid, CapabilityAd, JobId, Lease, Outcome, SignedJob, WorkResult, job_id};
+use agora_types::sign::Signed;
 use agora_types::{PeerId, UnixMillis};
 
 use crate::config::Config;
@@ -97,14 +98,17 @@ pub enum Input {
         /// Why, as told by the worker or the transport.
         reason: String,
     },
-    /// A worker's result (signature checked by the node; `from` is the signer). The output bytes
-    /// may have been stripped: only `result.outcome` is used.
+    /// A worker's result (signature checked by the node; `from` is the signer).
     Result {
         /// The worker.
         from: PeerId,
         /// Its result.
         result: WorkResult,
+        /// The signed claim it came in, kept as settlement evidence.
+        signed: Option<Signed<WorkResult>>,
     },
+    /// The job's escrow is locked on the ledger: announce it.
+    EscrowLocked(JobId),
     /// The connection to a peer was lost.
     PeerDisconnected(PeerId),
     /// A reputation change gossiped on `agora/reputation/1` by `reporter`.
@@ -127,6 +131,17 @@ pub enum Input {
 pub enum Output {
     /// Gossip this job on `agora/jobs/1`.
     Announce(SignedJob),
+    /// Lock an escrow for this job on the ledger, then feed back [`Input::EscrowLocked`].
+    LockEscrow {
+        /// The job.
+        job_id: JobId,
+        /// The tokens to lock ([`Config::escrow_for`]).
+        amount: u64,
+        /// Its maximum price per execution.
+        max_price: u64,
+        /// Its redundancy.
+        redundancy: u8,
+    },
     /// Send this lease to `worker`. If it cannot be delivered, feed back
     /// [`Input::LeaseRefused`].
     SendLease {
@@ -236,6 +251,22 @@ impl Ctx<'_> {
             rec.announce_attempts, avail.free
         );
         self.log(rec, msg);
+    }
+
+    fn lock_escrow(&mut self, rec: &mut JobRecord) {
+        rec.state = JobState::AwaitingEscrow;
+        let spec = &rec.job.payload;
+        let amount = self.config.escrow_for(spec.max_price, spec.redundancy);
+        self.fx.out.push(Output::LockEscrow {
+            job_id: rec.id,
+            amount,
+            max_price: spec.max_price,
+            redundancy: spec.redundancy,
+        });
+        self.log(
+            rec,
+            format!("waiting for an escrow of {amount} on the ledger"),
+        );
     }
 
     fn unused_bids(&self, rec: &JobRecord) -> usize {
@@ -499,7 +530,13 @@ impl Ctx<'_> {
         self.log(rec, format!("lease of {worker} lost: {why}"));
     }
 
-    fn on_result(&mut self, rec: &mut JobRecord, from: PeerId, outcome: Outcome) {
+    fn on_result(
+        &mut self,
+        rec: &mut JobRecord,
+        from: PeerId,
+        outcome: Outcome,
+        signed: Option<Signed<WorkResult>>,
+    ) {
         let Some(lease) = rec.lease_mut(&from) else {
             self.reputation(from, ReputationAction::BadMessage, Some(rec.id));
             self.log(rec, format!("ignored an unsolicited result from {from}"));
@@ -518,6 +555,7 @@ impl Ctx<'_> {
             verdict,
             received_ms: self.now,
             agreed: None,
+            signed,
         });
         self.log(
             rec,
@@ -753,10 +791,23 @@ impl Market {
                     ctx.refill(rec);
                 });
             }
-            Input::Result { from, result } => {
+            Input::Result {
+                from,
+                result,
+                signed,
+            } => {
                 let id = result.job_id;
                 self.with_job(&id, now, &mut fx, |ctx, rec| {
-                    ctx.on_result(rec, from, result.outcome)
+                    ctx.on_result(rec, from, result.outcome, signed)
+                });
+            }
+            Input::EscrowLocked(id) => {
+                self.with_job(&id, now, &mut fx, |ctx, rec| {
+                    if rec.state == JobState::AwaitingEscrow {
+                        rec.state = JobState::Bidding;
+                        ctx.log(rec, "escrow locked on the ledger");
+                        ctx.announce(rec);
+                    }
                 });
             }
             Input::PeerDisconnected(peer) => {
@@ -883,6 +934,8 @@ impl Market {
         let deadline = rec.job.payload.deadline_ms;
         if deadline != 0 && now >= deadline {
             ctx.fail(&mut rec, FailReason::Deadline);
+        } else if ctx.config.require_escrow {
+            ctx.lock_escrow(&mut rec);
         } else {
             ctx.announce(&mut rec);
         }
@@ -928,7 +981,11 @@ impl Market {
                 ctx.log(&mut rec, "restored after a restart");
                 // Bids are soft state: the bidders may be gone or busy by now.
                 rec.bids.clear();
-                if rec.bid_window_closes_ms.is_some()
+                if rec.state == JobState::AwaitingEscrow {
+                    // The lock may or may not have landed: ask again (the node answers at once
+                    // when the ledger already holds it).
+                    ctx.lock_escrow(&mut rec);
+                } else if rec.bid_window_closes_ms.is_some()
                     || rec.next_announce_ms.is_some()
                     || rec.needed() > 0
                 {

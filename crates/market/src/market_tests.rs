@@ -84,8 +84,9 @@ fn result(m: &mut Market, i: u8, id: JobId, outcome: Outcome, now: UnixMillis) -
             result: WorkResult {
                 job_id: id,
                 outcome,
-                output: vec![],
+                price: 0,
             },
+            signed: None,
         },
         now,
     )
@@ -896,8 +897,9 @@ mod props {
                         result: WorkResult {
                             job_id: id,
                             outcome: ok(&v.to_string()),
-                            output: vec![],
+                            price: 0,
                         },
+                        signed: None,
                     },
                     Op::Disconnect(w) => Input::PeerDisconnected(peer(w)),
                     Op::Tick(dt) => {

@@ -142,6 +142,12 @@ impl Reputation {
         self.add(peer, action.delta())
     }
 
+    /// Applies a penalty decided by the ledger (a slashing), whose size the slashing table sets.
+    /// Returns the change applied.
+    pub fn penalize(&mut self, peer: PeerId, delta: i64) -> i64 {
+        self.add(peer, -delta.abs())
+    }
+
     /// Records a change gossiped by `reporter` about `subject`. Ignored (returns 0) when the
     /// reporter reports on itself or its own local score is negative; otherwise applied at a
     /// quarter of its weight and capped to ±[`MAX_REMOTE_DELTA`]. Returns the change applied.

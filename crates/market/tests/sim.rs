@@ -277,6 +277,7 @@ impl Sim {
                 Input::Result {
                     from: from_peer,
                     result,
+                    signed: None,
                 },
             ),
             // Worker side.
@@ -332,7 +333,7 @@ impl Sim {
                         output_hash,
                         fuel_used: 1_000,
                     },
-                    output: vec![],
+                    price: 0,
                 };
                 self.send(to, submitter, Msg::Result(result));
             }
@@ -354,6 +355,7 @@ impl Sim {
                     self.send(n, to, Msg::Cancel(job_id));
                 }
                 Output::Verified { .. } | Output::Failed { .. } => self.finished += 1,
+                Output::LockEscrow { .. } => unreachable!("the simulation runs without escrow"),
                 Output::Reputation { peer, delta, .. } => self.broadcast(
                     n,
                     Msg::Reputation {

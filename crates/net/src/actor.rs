@@ -1,11 +1,18 @@
 //! The task that owns the Swarm.
 //!
-//! It multiplexes four sources: swarm events, commands from [`NetHandle`](crate::NetHandle)s,
-//! answers to inbound requests (oneshots the node fulfils), and timers (dialing bootstrap and
-//! static peers). Nothing here blocks: validation is a decode and one signature check, and every
+//! It multiplexes five sources: swarm events, control and data commands from
+//! [`NetHandle`](crate::NetHandle)s (control drained first on every turn), answers to inbound
+//! requests (oneshots the node fulfils), and timers (dialing bootstrap and static peers, expiring
+//! blocks). Nothing here blocks: validation is a decode and one signature check, and every
 //! hand-off to the node is a `try_send` into a bounded queue that drops (and counts) on overflow.
+//!
+//! It applies the message-level defences: before an inbound request or gossip message reaches
+//! the node it checks that the peer is authorized and not blocked, takes it from the peer's
+//! quota ([`Guard`]), and for gossip runs [`validate::check`] and the replay cache. Offences go
+//! to [`Guard::offend`]; a peer over the threshold is blocked in the gate, blacklisted in
+//! GossipSub and disconnected.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -15,18 +22,21 @@ use libp2p::core::ConnectedPoint;
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, SwarmEvent};
-use libp2p::{PeerId, Swarm, gossipsub, identify, kad, mdns, ping, request_response};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns, ping, request_response};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use agora_types::codec;
-use agora_types::wire::{GossipMessage, Response, Topic, limits};
+use agora_types::wire::{GossipMessage, Response};
 
-use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, subnet_of};
+use crate::codec::FrameFault;
 use crate::dialer::{Dialer, split_peer};
-use crate::handle::{Command, NetEvent, NetStatus};
+use crate::guard::{Guard, Offence, Proto};
+use crate::handle::{Command, Control, NetEvent, NetStatus};
 use crate::metrics::NetMetrics;
 use crate::peers::PeerBook;
+use crate::validate::{self, ReplayCache};
 use crate::{Config, NetError};
 
 type ProvidersReply = oneshot::Sender<Result<Vec<PeerId>, NetError>>;
@@ -39,6 +49,10 @@ type Reply = (
 pub(crate) struct Actor {
     pub swarm: Swarm<Behaviour>,
     pub commands: mpsc::Receiver<Command>,
+    pub control: mpsc::Receiver<Control>,
+    pub faults: mpsc::Receiver<(PeerId, FrameFault)>,
+    pub guard: Guard,
+    pub replay: ReplayCache,
     pub events: mpsc::Sender<NetEvent>,
     pub config: Config,
     pub metrics: NetMetrics,
@@ -57,15 +71,27 @@ impl Actor {
         dial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut bootstrap_tick = tokio::time::interval(self.config.kad_bootstrap_interval);
         bootstrap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep_tick = tokio::time::interval(Duration::from_secs(1));
+        sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Control ahead of data: whatever control commands are queued go first.
+            while let Ok(c) = self.control.try_recv() {
+                if self.on_control(c).await {
+                    return;
+                }
+            }
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                command = self.commands.recv() => match command {
-                    Some(Command::Shutdown(done)) => {
+                control = self.control.recv() => match control {
+                    Some(c) => if self.on_control(c).await {
+                        return;
+                    },
+                    None => {
                         self.shutdown().await;
-                        let _ = done.send(());
                         return;
                     }
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
                     None => {
                         self.shutdown().await;
@@ -78,8 +104,152 @@ impl Actor {
                 }
                 _ = dial_tick.tick() => self.dial_due(),
                 _ = bootstrap_tick.tick() => self.bootstrap(),
+                Some((peer, fault)) = self.faults.recv() => self.on_frame_fault(peer, fault),
+                _ = sweep_tick.tick() => self.expire_blocks(),
             }
         }
+    }
+
+    /// Serves a control command; true when the task must stop.
+    async fn on_control(&mut self, control: Control) -> bool {
+        match control {
+            Control::Shutdown(done) => {
+                self.shutdown().await;
+                let _ = done.send(());
+                return true;
+            }
+            Control::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Control::Peers(reply) => {
+                let _ = reply.send(self.peers.list());
+            }
+            Control::RoutingTable(reply) => {
+                let mut out = vec![];
+                for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+                    for e in bucket.iter() {
+                        out.push(*e.node.key.preimage());
+                    }
+                }
+                let _ = reply.send(out);
+            }
+            Control::SetAuthorized(set, reply) => {
+                self.set_authorized(set);
+                let _ = reply.send(());
+            }
+            Control::IsAuthorized(peer, reply) => {
+                let _ = reply.send(self.swarm.behaviour().gate.is_authorized(&peer));
+            }
+            Control::Blocked(reply) => {
+                let _ = reply.send(self.swarm.behaviour().gate.blocked(Instant::now()));
+            }
+        }
+        false
+    }
+
+    /// Replaces the authorized set and disconnects the connected peers outside it.
+    fn set_authorized(&mut self, set: HashSet<PeerId>) {
+        let size = set.len();
+        self.swarm.behaviour_mut().gate.set_authorized(set);
+        let gone: Vec<PeerId> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| !self.swarm.behaviour().gate.is_authorized(p))
+            .copied()
+            .collect();
+        info!(
+            authorized = size,
+            disconnecting = gone.len(),
+            "authorized set updated"
+        );
+        for peer in gone {
+            info!(%peer, "peer no longer authorized: disconnecting");
+            self.metrics.deauthorized.inc();
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Records an offence; blocks the peer when it crosses the threshold.
+    fn offend(&mut self, peer: PeerId, offence: Offence) {
+        self.metrics
+            .offences
+            .get_or_create(&[("kind", offence.label())])
+            .inc();
+        debug!(%peer, offence = offence.label(), "offence");
+        if let Some(duration) = self.guard.offend(peer, offence, Instant::now()) {
+            self.block(peer, duration, offence.label());
+        }
+    }
+
+    /// Blocks `peer`: refused by the gate, blacklisted by GossipSub, disconnected.
+    fn block(&mut self, peer: PeerId, duration: Duration, reason: &'static str) {
+        let b = self.swarm.behaviour_mut();
+        b.gate.block(peer, duration, Instant::now());
+        b.gossipsub.blacklist_peer(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+        self.metrics.blocked_peers_total.inc();
+        warn!(%peer, reason, secs = duration.as_secs(), "peer blocked for repeated offences");
+        self.forward(NetEvent::PeerBlocked { peer, duration });
+    }
+
+    /// A request-response frame from `peer` was refused by the codec.
+    fn on_frame_fault(&mut self, peer: PeerId, fault: FrameFault) {
+        let (reason, offence) = match fault {
+            FrameFault::Oversized => ("oversized", Offence::OversizedFrame),
+            FrameFault::Malformed => ("malformed", Offence::MalformedFrame),
+        };
+        self.metrics.dropped("rr", reason);
+        self.offend(peer, offence);
+    }
+
+    fn expire_blocks(&mut self) {
+        let b = self.swarm.behaviour_mut();
+        for peer in b.gate.expire(Instant::now()) {
+            b.gossipsub.remove_blacklisted_peer(&peer);
+            info!(%peer, "block expired");
+        }
+    }
+
+    /// Whether messages from `peer` may reach the node; counts and logs the drop if not.
+    fn admitted(&self, peer: &PeerId, proto: Proto) -> bool {
+        match self.swarm.behaviour().gate.admits(peer, Instant::now()) {
+            Ok(()) => true,
+            Err(refusal) => {
+                let reason = match refusal {
+                    crate::gate::Refusal::Blocked => "blocked",
+                    _ => "unauthorized",
+                };
+                self.metrics.dropped(proto.label(), reason);
+                debug!(%peer, protocol = proto.label(), reason, "message dropped");
+                false
+            }
+        }
+    }
+
+    /// Inserts a peer's address in the routing table, unless its bucket already holds
+    /// `max_peers_per_subnet_per_bucket` other peers of the same subnet.
+    fn kad_insert(&mut self, peer: PeerId, addr: Multiaddr) {
+        if let (Some(max), Some(net)) = (
+            self.config.max_peers_per_subnet_per_bucket,
+            subnet_of(&addr),
+        ) && let Some(bucket) = self.swarm.behaviour_mut().kad.kbucket(peer)
+        {
+            let mut present = false;
+            let mut same = 0;
+            for e in bucket.iter() {
+                if *e.node.key.preimage() == peer {
+                    present = true;
+                } else if e.node.value.iter().any(|a| subnet_of(a) == Some(net)) {
+                    same += 1;
+                }
+            }
+            if !present && same >= max {
+                self.metrics.kad_refused.inc();
+                debug!(%peer, %addr, "routing table insert refused: bucket full for this subnet");
+                return;
+            }
+        }
+        self.swarm.behaviour_mut().kad.add_address(&peer, addr);
     }
 
     async fn shutdown(&mut self) {
@@ -183,21 +353,6 @@ impl Actor {
                     .map_err(|e| NetError::Dial(addr.to_string(), e.to_string()));
                 let _ = reply.send(r);
             }
-            Command::Status(reply) => {
-                let _ = reply.send(self.status());
-            }
-            Command::Peers(reply) => {
-                let _ = reply.send(self.peers.list());
-            }
-            Command::RoutingTable(reply) => {
-                let mut out = vec![];
-                for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-                    for e in bucket.iter() {
-                        out.push(*e.node.key.preimage());
-                    }
-                }
-                let _ = reply.send(out);
-            }
             Command::Provide(key, reply) => {
                 let r = self
                     .swarm
@@ -216,16 +371,15 @@ impl Actor {
                     .get_providers(kad::RecordKey::new(&key));
                 self.pending_providers.insert(id, (vec![], reply));
             }
-            Command::Shutdown(_) => {}
         }
     }
 
     fn publish(&mut self, message: &GossipMessage) -> Result<(), NetError> {
         let bytes = codec::encode(message).map_err(|e| NetError::Setup(e.to_string()))?;
-        if bytes.len() > limits::MAX_GOSSIP_BYTES {
+        if bytes.len() > self.config.max_gossip_bytes {
             return Err(NetError::TooLarge {
                 len: bytes.len(),
-                limit: limits::MAX_GOSSIP_BYTES,
+                limit: self.config.max_gossip_bytes,
             });
         }
         let topic = gossipsub::IdentTopic::new(message.topic().name());
@@ -282,6 +436,7 @@ impl Actor {
             }
             SwarmEvent::ConnectionClosed { peer_id, .. } if self.peers.disconnected(&peer_id) => {
                 debug!(%peer_id, "peer disconnected");
+                self.guard.disconnected(&peer_id);
                 self.metrics.connected_peers.set(self.peers.len() as i64);
                 self.dialer.disconnected(&peer_id, Instant::now());
                 self.forward(NetEvent::PeerDisconnected(peer_id));
@@ -327,10 +482,7 @@ impl Actor {
                     let kad_peer = info.protocols.contains(&KAD_PROTOCOL);
                     if kad_peer {
                         for addr in info.listen_addrs.iter().take(8) {
-                            self.swarm
-                                .behaviour_mut()
-                                .kad
-                                .add_address(&peer_id, addr.clone());
+                            self.kad_insert(peer_id, addr.clone());
                         }
                     }
                     self.peers
@@ -365,7 +517,7 @@ impl Actor {
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    self.kad_insert(peer, addr);
                     if !self.swarm.is_connected(&peer) {
                         let _ = self.swarm.dial(
                             DialOpts::peer_id(peer)
@@ -377,12 +529,14 @@ impl Actor {
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
             BehaviourEvent::Rr(e) => self.on_rr_event(e),
-            BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Limits(never) | BehaviourEvent::Gate(never) => match never {},
         }
     }
 
     fn on_kad_event(&mut self, event: kad::Event) {
         match event {
+            // Manual inserts: a connected peer with a listen address, not yet in the table.
+            kad::Event::RoutablePeer { peer, address } => self.kad_insert(peer, address),
             kad::Event::RoutingUpdated { peer, .. }
                 if !self.swarm.is_connected(&peer)
                     && self.peers.len() < self.config.target_peers =>
@@ -418,27 +572,69 @@ impl Actor {
     }
 
     fn on_gossip(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let verdict = validate_gossip(&message);
-        let acceptance = match &verdict {
-            Ok(_) => gossipsub::MessageAcceptance::Accept,
-            Err(reason) => {
-                debug!(%via, topic = %message.topic, %reason, "gossip message rejected");
-                self.metrics.gossip_rejected.inc();
-                gossipsub::MessageAcceptance::Reject
-            }
+        let (verdict, decoded) = match self.judge_gossip(via, &message) {
+            Ok(m) => (gossipsub::MessageAcceptance::Accept, Some(m)),
+            Err(verdict) => (verdict, None),
         };
         let _ = self
             .swarm
             .behaviour_mut()
             .gossipsub
-            .report_message_validation_result(&id, &via, acceptance);
-        if let Ok(decoded) = verdict {
+            .report_message_validation_result(&id, &via, verdict);
+        if let Some(decoded) = decoded {
             self.metrics.gossip_accepted.inc();
             self.forward(NetEvent::Gossip {
                 via,
                 source: message.source,
                 message: decoded,
             });
+        }
+    }
+
+    /// The verdict on a gossip message: the decoded message, or `Ignore`/`Reject`.
+    fn judge_gossip(
+        &mut self,
+        via: PeerId,
+        message: &gossipsub::Message,
+    ) -> Result<GossipMessage, gossipsub::MessageAcceptance> {
+        use gossipsub::MessageAcceptance::{Ignore, Reject};
+        let author_ok = message
+            .source
+            .is_none_or(|s| s == via || self.admitted(&s, Proto::Gossip));
+        if !self.admitted(&via, Proto::Gossip) || !author_ok {
+            return Err(Ignore);
+        }
+        if !self.guard.allow(via, Proto::Gossip, Instant::now()) {
+            self.metrics.dropped("gossip", "quota");
+            self.offend(via, Offence::QuotaExceeded(Proto::Gossip));
+            return Err(Ignore);
+        }
+        let now = agora_types::now_ms();
+        let bound_ms = self.config.synchrony_bound.as_millis() as u64;
+        let max = self.config.max_gossip_bytes;
+        match validate::check(&message.data, message.topic.as_str(), max, now, bound_ms) {
+            Ok(valid) => {
+                if let Some(key) = valid.replay_key
+                    && !self.replay.insert(key, now)
+                {
+                    self.metrics.dropped("gossip", "replay");
+                    debug!(%via, topic = %message.topic, "gossip replay ignored");
+                    return Err(Ignore);
+                }
+                Ok(valid.message)
+            }
+            Err(refusal) => {
+                debug!(%via, topic = %message.topic, reason = %refusal, "gossip message rejected");
+                self.metrics.gossip_rejected.inc();
+                self.metrics.dropped("gossip", refusal.label());
+                match refusal {
+                    validate::Refusal::Oversized(_) => self.offend(via, Offence::OversizedFrame),
+                    validate::Refusal::Invalid(_) => self.offend(via, Offence::InvalidMessage),
+                    // Clock skew is not malice; GossipSub's score still counts the Reject.
+                    validate::Refusal::OutOfSync(_) => {}
+                }
+                Err(Reject)
+            }
         }
     }
 
@@ -452,6 +648,14 @@ impl Actor {
                     request, channel, ..
                 } => {
                     self.metrics.requests_inbound.inc();
+                    if !self.admitted(&peer, Proto::Rr) {
+                        return; // dropping `channel` closes the stream unanswered
+                    }
+                    if !self.guard.allow(peer, Proto::Rr, Instant::now()) {
+                        self.metrics.dropped("rr", "quota");
+                        self.offend(peer, Offence::QuotaExceeded(Proto::Rr));
+                        return;
+                    }
                     let (tx, rx) = oneshot::channel();
                     self.replies
                         .push(Box::pin(async move { (rx.await.ok(), channel) }));
@@ -487,30 +691,6 @@ impl Actor {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
-}
-
-/// Checks a gossip message: size, decode, topic, signature.
-fn validate_gossip(message: &gossipsub::Message) -> Result<GossipMessage, String> {
-    let decoded = GossipMessage::decode(&message.data).map_err(|e| e.to_string())?;
-    let topic = Topic::from_name(message.topic.as_str())
-        .ok_or_else(|| format!("unknown topic {}", message.topic))?;
-    if decoded.topic() != topic {
-        return Err(format!(
-            "a {:?} message on topic {}",
-            decoded.topic(),
-            topic.name()
-        ));
-    }
-    let signed = match &decoded {
-        GossipMessage::Job { job, .. } => job.verify(),
-        GossipMessage::Capability(s) => s.verify(),
-        GossipMessage::Result(s) => s.verify(),
-        GossipMessage::Reputation(s) => s.verify(),
-        GossipMessage::Health(s) => s.verify(),
-        GossipMessage::Text(_) => Ok(()),
-    };
-    signed.map_err(|e| e.to_string())?;
-    Ok(decoded)
 }
 
 fn short_dial_error(e: &DialError) -> String {

@@ -3,12 +3,21 @@
 //! Both directions refuse frames larger than the configured limit: the reader checks the length
 //! prefix before reading (or allocating) anything, and the writer refuses to send what the other
 //! side would refuse. Refusals are counted in the `agora_net_frames_refused_total` metric.
+//!
+//! A frame the reader refuses is also reported, with the peer that sent it, to the actor, which
+//! counts it as an offence (request-response 0.30 drops read errors silently: it reports no
+//! `InboundFailure` for them). A codec does not know its peer, so each connection's copy learns it
+//! when it is cloned for the connection: the gate, called just before request-response for every
+//! new connection, writes the peer into a shared [`PeerTag`], and `Codec::clone` on a codec
+//! without a peer reads it from there.
 
 use std::io;
+use std::sync::{Arc, Mutex};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use libp2p::StreamProtocol;
+use libp2p::{PeerId, StreamProtocol};
 use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
 
 use agora_types::codec;
 use agora_types::wire::{Request, Response};
@@ -16,27 +25,97 @@ use agora_types::wire::{Request, Response};
 /// The direct-message protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/rr/1.0.0");
 
+/// Why the codec refused a frame; carried inside the `io::Error` it returns, so that the actor
+/// can tell a hostile frame (an offence) from a broken stream (not one).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    /// The length prefix (or our own frame) is over the limit.
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { len: usize, limit: usize },
+    /// The frame does not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// A frame refused on reading, as reported to the actor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FrameFault {
+    Oversized,
+    Malformed,
+}
+
+/// Reports of refused frames, with their sender.
+pub(crate) type Faults = mpsc::Sender<(PeerId, FrameFault)>;
+
+/// The peer of the connection being set up; see the module docs.
+#[derive(Clone, Default)]
+pub(crate) struct PeerTag(Arc<Mutex<Option<PeerId>>>);
+
+impl PeerTag {
+    pub fn set(&self, peer: PeerId) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(peer);
+    }
+
+    fn get(&self) -> Option<PeerId> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The codec; cheap to clone.
-#[derive(Clone)]
 pub struct Codec {
     max_frame: usize,
     refused: Counter,
+    peer: Option<PeerId>,
+    tag: PeerTag,
+    faults: Option<Faults>,
+}
+
+impl Clone for Codec {
+    fn clone(&self) -> Self {
+        Codec {
+            max_frame: self.max_frame,
+            refused: self.refused.clone(),
+            peer: self.peer.or_else(|| self.tag.get()),
+            tag: self.tag.clone(),
+            faults: self.faults.clone(),
+        }
+    }
 }
 
 impl Codec {
     /// A codec refusing frames over `max_frame` bytes, counting refusals in `refused`.
     pub fn new(max_frame: usize, refused: Counter) -> Self {
-        Codec { max_frame, refused }
+        Codec {
+            max_frame,
+            refused,
+            peer: None,
+            tag: PeerTag::default(),
+            faults: None,
+        }
+    }
+
+    /// Reports refused frames to `faults`, with the peer `tag` names.
+    pub(crate) fn with_faults(mut self, tag: PeerTag, faults: Faults) -> Self {
+        self.tag = tag;
+        self.faults = Some(faults);
+        self
+    }
+
+    fn report(&self, fault: FrameFault) {
+        if let (Some(peer), Some(faults)) = (self.peer, &self.faults) {
+            // Full queue: the actor is behind; the frame is refused all the same.
+            let _ = faults.try_send((peer, fault));
+        }
     }
 
     fn too_large(&self, len: usize) -> io::Error {
         self.refused.inc();
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "frame of {len} bytes exceeds the limit of {} bytes",
-                self.max_frame
-            ),
+            FrameError::TooLarge {
+                len,
+                limit: self.max_frame,
+            },
         )
     }
 
@@ -49,13 +128,18 @@ impl Codec {
         io.read_exact(&mut len).await?;
         let len = u32::from_be_bytes(len) as usize;
         if len > self.max_frame {
+            self.report(FrameFault::Oversized);
             return Err(self.too_large(len));
         }
         let mut buf = vec![0u8; len];
         io.read_exact(&mut buf).await?;
         codec::decode(&buf, self.max_frame).map_err(|e| {
             self.refused.inc();
-            io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+            self.report(FrameFault::Malformed);
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                FrameError::Malformed(e.to_string()),
+            )
         })
     }
 
@@ -140,6 +224,8 @@ mod tests {
         let mut hostile = Cursor::new(vec![0xff, 0xff, 0xff, 0xff]);
         let e = c.read_request(&PROTOCOL, &mut hostile).await.unwrap_err();
         assert!(e.to_string().contains("exceeds the limit"), "{e}");
+        let inner = e.get_ref().and_then(|e| e.downcast_ref::<FrameError>());
+        assert!(matches!(inner, Some(FrameError::TooLarge { .. })));
 
         // Writing an oversized frame is refused too.
         let mut out = Cursor::new(Vec::new());
@@ -152,6 +238,36 @@ mod tests {
 
         // Garbage of a valid length is refused as malformed.
         let mut garbage = Cursor::new(vec![0, 0, 0, 3, 0xee, 0xee, 0xee]);
-        assert!(c.read_request(&PROTOCOL, &mut garbage).await.is_err());
+        let e = c.read_request(&PROTOCOL, &mut garbage).await.unwrap_err();
+        let inner = e.get_ref().and_then(|e| e.downcast_ref::<FrameError>());
+        assert!(matches!(inner, Some(FrameError::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn refusals_are_reported_with_the_tagged_peer() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let tag = PeerTag::default();
+        let base = Codec::new(64, Counter::default()).with_faults(tag.clone(), tx);
+        let peer = PeerId::random();
+        tag.set(peer);
+        let mut per_connection = base.clone();
+        tag.set(PeerId::random());
+        let mut per_stream = per_connection.clone();
+        let mut hostile = Cursor::new(vec![0xff, 0xff, 0xff, 0xff]);
+        assert!(
+            per_stream
+                .read_request(&PROTOCOL, &mut hostile)
+                .await
+                .is_err()
+        );
+        let mut garbage = Cursor::new(vec![0, 0, 0, 2, 0xee, 0xee]);
+        assert!(
+            per_connection
+                .read_request(&PROTOCOL, &mut garbage)
+                .await
+                .is_err()
+        );
+        assert_eq!(rx.try_recv().unwrap(), (peer, FrameFault::Oversized));
+        assert_eq!(rx.try_recv().unwrap(), (peer, FrameFault::Malformed));
     }
 }

@@ -1,8 +1,11 @@
 //! Network configuration, with presets for a local devnet and for production.
+//!
+//! The defences of the `guard` module and the `gate` module are all configured here; see the field
+//! docs for what each one bounds and the presets for their defaults.
 
 use std::time::Duration;
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 
 use agora_types::wire::limits;
 
@@ -50,6 +53,78 @@ pub struct Config {
     /// direction of a link gets this one-way latency (`agora bench gossip` uses it to emulate a
     /// WAN on loopback). QUIC is left undelayed. Not meant for production nodes.
     pub link_latency: Option<Duration>,
+
+    /// Who may connect: everyone ([`Authorization::Open`], both presets), or only the peers of
+    /// the authorized set ([`crate::NetHandle::set_authorized`]) and of
+    /// [`Config::allow_list`]. In permissioned mode bootstrap and static peers must be in one
+    /// of the two as well.
+    pub authorization: Authorization,
+    /// Peers always admitted in permissioned mode (operators, bootstrap nodes).
+    pub allow_list: Vec<PeerId>,
+    /// The most established connections from one remote IP address; a further inbound
+    /// connection is refused. `Some(3)` in production. `None` in [`Config::local`]: devnet
+    /// nodes all reach each other from 127.0.0.1 (libp2p-tcp binds outgoing sockets to
+    /// `0.0.0.0`, so even nodes listening on distinct 127.0.0.x addresses dial from 127.0.0.1).
+    pub max_connections_per_ip: Option<u32>,
+    /// Rate of new inbound handshakes (pending inbound connections) accepted, all peers
+    /// together; the excess is refused before the Noise handshake starts.
+    pub inbound_handshake_rate: Rate,
+    /// Inbound direct requests accepted per peer; the excess is dropped unanswered.
+    pub rr_quota: Rate,
+    /// Gossip messages accepted per propagation source; the excess is ignored.
+    pub gossip_quota: Rate,
+    /// Offence points at which a peer is blocked (see the `guard` module for the points of each
+    /// offence). Points drain at `offence_threshold` per [`Config::offence_decay`].
+    pub offence_threshold: u32,
+    /// How long the points of a full threshold take to drain away.
+    pub offence_decay: Duration,
+    /// How long a first block lasts; each further block of the same peer doubles it...
+    pub block_duration: Duration,
+    /// ...up to this.
+    pub max_block_duration: Duration,
+    /// The largest gossip payload (an encoded [`GossipMessage`](agora_types::wire::GossipMessage))
+    /// published or accepted; a larger one is rejected and is an offence. At most
+    /// `limits::MAX_GOSSIP_BYTES`, which (plus 4 KiB of envelope) is GossipSub's own transmit
+    /// limit whatever this is set to (see `behaviour.rs` for why).
+    pub max_gossip_bytes: usize,
+    /// Signed gossip whose signature timestamp is further than this from our clock is rejected.
+    pub synchrony_bound: Duration,
+    /// Entries of the gossip replay cache (signed digests seen in the last two synchrony
+    /// bounds); when full, the oldest entry is evicted.
+    pub replay_cache_capacity: usize,
+    /// At most this many peers of one IPv4 /24 (IPv6 /48) per Kademlia bucket. `Some(2)` in
+    /// production (against eclipse attacks from one subnet); `None` in [`Config::local`], where
+    /// every node is on 127.0.0.0/8 and the rule would cap each bucket at 2.
+    pub max_peers_per_subnet_per_bucket: Option<usize>,
+    /// Capacity of the handle's data command queue (publish, request, dial, DHT). Control
+    /// commands (status, shutdown, authorization) have their own small queue, served first.
+    pub command_queue: usize,
+}
+
+/// Who may connect to the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Authorization {
+    /// Every peer may connect.
+    #[default]
+    Open,
+    /// Only peers in the authorized set or the allow list may connect.
+    Permissioned,
+}
+
+/// A token-bucket rate: `per_sec` tokens a second, at most `burst` saved up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Sustained rate.
+    pub per_sec: u32,
+    /// Largest burst.
+    pub burst: u32,
+}
+
+impl Rate {
+    /// `per_sec` a second with bursts of `burst`.
+    pub const fn new(per_sec: u32, burst: u32) -> Self {
+        Rate { per_sec, burst }
+    }
 }
 
 impl Config {
@@ -78,6 +153,23 @@ impl Config {
             max_redial_backoff: Duration::from_secs(5),
             event_queue: 4096,
             link_latency: None,
+            authorization: Authorization::Open,
+            allow_list: vec![],
+            max_connections_per_ip: None,
+            // Generous on a devnet: hundreds of in-process nodes (benchmarks) dial at once.
+            inbound_handshake_rate: Rate::new(500, 1000),
+            // Benchmarks send thousands of sequential echo requests a second over loopback.
+            rr_quota: Rate::new(10_000, 10_000),
+            gossip_quota: Rate::new(10_000, 10_000),
+            offence_threshold: 100,
+            offence_decay: Duration::from_secs(60),
+            block_duration: Duration::from_secs(30),
+            max_block_duration: Duration::from_secs(3600),
+            max_gossip_bytes: limits::MAX_GOSSIP_BYTES,
+            synchrony_bound: Duration::from_secs(5),
+            replay_cache_capacity: 65_536,
+            max_peers_per_subnet_per_bucket: None,
+            command_queue: 1024,
         }
     }
 
@@ -99,6 +191,11 @@ impl Config {
             gossip_heartbeat: Duration::from_secs(1),
             redial_backoff: Duration::from_secs(1),
             max_redial_backoff: Duration::from_secs(60),
+            max_connections_per_ip: Some(3),
+            inbound_handshake_rate: Rate::new(50, 100),
+            rr_quota: Rate::new(100, 200),
+            gossip_quota: Rate::new(200, 400),
+            max_peers_per_subnet_per_bucket: Some(2),
             ..Config::local()
         }
     }

@@ -22,16 +22,34 @@
 //!
 //! # What it defends against
 //!
-//! - Oversized frames: the request-response codec reads a length prefix and refuses anything over
-//!   `max_frame_bytes` before reading the body; gossip is capped by GossipSub's transmit size and
-//!   again by the decoder.
-//! - Forged or malformed gossip: messages are signed by their author (strict mode), ids are
-//!   content hashes, and every message is decoded, checked against its topic and its inner
-//!   signature verified before it is accepted and forwarded; rejected messages count against the
-//!   sender in GossipSub.
-//! - Connection floods: connection limits in total, per peer and for pending handshakes.
-//! - A slow node: events to it go through a bounded queue; when it is full, gossip is dropped
-//!   (and counted) and requests are answered "busy".
+//! Every peer is hostile input. The defences, outermost first, each configurable in [`Config`],
+//! counted in metrics and logged (with the reason) when they act:
+//!
+//! - **Who connects** (module `gate`): in permissioned mode only authorized peers
+//!   ([`NetHandle::set_authorized`], fed by the ledger's stake set, plus [`Config::allow_list`])
+//!   complete a connection; peers that leave the set are disconnected at once. Everywhere: a
+//!   global rate of inbound handshakes, at most [`Config::max_connections_per_ip`] connections
+//!   per IP, connection limits in total, per peer and for pending handshakes, and no connection
+//!   at all with a blocked peer.
+//! - **How much they send** (module `guard`): per-peer token buckets on direct
+//!   requests and on gossip; the excess is dropped before the node sees it.
+//! - **Repeat offenders** (module `guard`): quota excess, invalid gossip, oversized and
+//!   malformed frames accrue points; at a threshold the peer is disconnected and blocked, 30 s
+//!   at first, doubling with each block up to an hour.
+//! - **Oversized frames**: the request-response codec reads a length prefix and refuses anything
+//!   over [`Config::max_frame_bytes`] before reading the body; gossip is capped by GossipSub's
+//!   transmit size ([`Config::max_gossip_bytes`] plus envelope) and again by the validator.
+//! - **Forged, stale or replayed gossip** (module `validate`): messages are signed
+//!   by their author (strict mode), ids are content hashes, and every message is decoded,
+//!   checked against its topic, its inner signature verified, its timestamp held to
+//!   [`Config::synchrony_bound`], and its signed digest to a replay cache, before it is accepted
+//!   and forwarded. GossipSub peer scoring turns rejected messages into a falling score for the
+//!   peer that forwarded them (no gossip, then no publishing, then graylisting).
+//! - **Eclipse via the DHT**: Kademlia runs disjoint query paths, and in production admits at
+//!   most [`Config::max_peers_per_subnet_per_bucket`] peers of one /24 into each bucket.
+//! - **A slow node**: events to it go through a bounded queue; when it is full, gossip is
+//!   dropped (and counted) and requests are answered "busy". Commands from the node go through
+//!   two bounded queues, control (status, shutdown, authorization) served ahead of data.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod actor;
@@ -39,9 +57,13 @@ mod behaviour;
 mod codec;
 mod config;
 mod dialer;
+mod gate;
+mod guard;
 mod handle;
 mod metrics;
 mod peers;
+mod rate;
+mod validate;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -54,7 +76,7 @@ use tokio::task::JoinHandle;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 pub use codec::PROTOCOL as RR_PROTOCOL;
-pub use config::Config;
+pub use config::{Authorization, Config, Rate};
 pub use handle::{NetEvent, NetHandle, NetStatus};
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, multiaddr};
@@ -114,10 +136,13 @@ pub fn spawn(
     registry: &mut Registry,
 ) -> Result<Network, NetError> {
     let metrics = NetMetrics::register(registry);
-    let codec = codec::Codec::new(config.max_frame_bytes, metrics.frames_refused.clone());
+    let codec_peer = codec::PeerTag::default();
+    let (faults_tx, faults_rx) = mpsc::channel(1024);
+    let codec = codec::Codec::new(config.max_frame_bytes, metrics.frames_refused.clone())
+        .with_faults(codec_peer.clone(), faults_tx);
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let make_behaviour = |key: &Keypair| {
-        behaviour::Behaviour::new(key, &config, codec)
+        behaviour::Behaviour::new(key, &config, codec, codec_peer, metrics.clone())
             .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
     };
     let idle_timeout = config.idle_timeout;
@@ -158,7 +183,8 @@ pub fn spawn(
     }
     let local = *swarm.local_peer_id();
     let libp2p_metrics = libp2p::metrics::Metrics::new(registry);
-    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
+    let (control_tx, control_rx) = mpsc::channel(handle::CONTROL_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
     let dialer = dialer::Dialer::new(
         &config.bootstrap,
@@ -167,9 +193,14 @@ pub fn spawn(
         config.max_redial_backoff,
         Instant::now(),
     );
+    let bound_ms = config.synchrony_bound.as_millis() as u64;
     let actor = actor::Actor {
         swarm,
         commands: cmd_rx,
+        control: control_rx,
+        faults: faults_rx,
+        guard: guard::Guard::new(&config),
+        replay: validate::ReplayCache::new(2 * bound_ms, config.replay_cache_capacity),
         events: ev_tx,
         config,
         metrics,
@@ -182,7 +213,11 @@ pub fn spawn(
     };
     let task = tokio::spawn(actor.run());
     Ok(Network {
-        handle: NetHandle { tx: cmd_tx, local },
+        handle: NetHandle {
+            tx: cmd_tx,
+            control: control_tx,
+            local,
+        },
         events: ev_rx,
         task,
     })

@@ -1,6 +1,7 @@
 //! The network's own counters, beside libp2p's (which `libp2p::metrics` records).
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -21,6 +22,39 @@ pub struct NetMetrics {
     pub requests_failed: Counter,
     /// Connected peers now.
     pub connected_peers: Gauge,
+    /// Connections refused, by `reason`: `unauthorized`, `blocked`, `per_ip`, `handshake_rate`.
+    pub refused_connections: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Inbound messages dropped before reaching the node, by `protocol` (`rr`, `gossip`) and
+    /// `reason` (`quota`, `unauthorized`, `blocked`, `invalid`, `oversized`, `malformed`,
+    /// `out_of_sync`, `replay`).
+    pub dropped_messages: Family<[(&'static str, &'static str); 2], Counter>,
+    /// Offences recorded against peers, by `kind`.
+    pub offences: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Peers blocked (each block counts, repeat blocks included):
+    /// `agora_net_blocked_peers_total`.
+    pub blocked_peers_total: Counter,
+    /// Peers blocked now: `agora_net_blocked_peers_current`.
+    pub blocked_peers: Gauge,
+    /// Connections closed because their peer left the authorized set.
+    pub deauthorized: Counter,
+    /// Kademlia routing-table inserts refused by the per-subnet rule.
+    pub kad_refused: Counter,
+}
+
+impl NetMetrics {
+    /// Counts a refused connection.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused_connections
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Counts a dropped inbound message.
+    pub fn dropped(&self, protocol: &'static str, reason: &'static str) {
+        self.dropped_messages
+            .get_or_create(&[("protocol", protocol), ("reason", reason)])
+            .inc();
+    }
 }
 
 impl NetMetrics {
@@ -62,6 +96,41 @@ impl NetMetrics {
             "connected_peers",
             "Connected peers",
             m.connected_peers.clone(),
+        );
+        r.register(
+            "refused_connections",
+            "Connections refused by the gate, by reason",
+            m.refused_connections.clone(),
+        );
+        r.register(
+            "dropped_messages",
+            "Inbound messages dropped before reaching the node, by protocol and reason",
+            m.dropped_messages.clone(),
+        );
+        r.register(
+            "offences",
+            "Offences recorded against peers, by kind",
+            m.offences.clone(),
+        );
+        r.register(
+            "blocked_peers",
+            "Peers blocked (repeat blocks included)",
+            m.blocked_peers_total.clone(),
+        );
+        r.register(
+            "blocked_peers_current",
+            "Peers blocked now",
+            m.blocked_peers.clone(),
+        );
+        r.register(
+            "deauthorized",
+            "Connections closed because their peer left the authorized set",
+            m.deauthorized.clone(),
+        );
+        r.register(
+            "kad_inserts_refused",
+            "Kademlia routing-table inserts refused: the bucket holds enough peers of that subnet",
+            m.kad_refused.clone(),
         );
         m
     }

@@ -130,6 +130,15 @@ pub struct FileConfig {
     pub price: Option<u64>,
     /// Seconds between capability ads.
     pub ad_interval_secs: Option<u64>,
+    /// A genesis file: join that network's ledger (escrow, staking, consensus). Without one
+    /// the node trades without payment.
+    pub genesis: Option<PathBuf>,
+    /// Where the consensus engine listens, `IP:PORT` (port 0: any free port).
+    pub consensus_listen: Option<String>,
+    /// Consensus endpoints to dial, `IP:PORT`, besides those the genesis file names.
+    pub consensus_peers: Option<Vec<String>>,
+    /// Target milliseconds between blocks.
+    pub block_time_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -171,6 +180,10 @@ impl FileConfig {
             executor_slots: other.executor_slots.or(self.executor_slots),
             price: other.price.or(self.price),
             ad_interval_secs: other.ad_interval_secs.or(self.ad_interval_secs),
+            genesis: other.genesis.or(self.genesis),
+            consensus_listen: other.consensus_listen.or(self.consensus_listen),
+            consensus_peers: other.consensus_peers.or(self.consensus_peers),
+            block_time_ms: other.block_time_ms.or(self.block_time_ms),
         }
     }
 }
@@ -196,6 +209,75 @@ pub struct NodeConfig {
     pub ad_interval: Duration,
     /// Test only: return corrupted outputs (a Byzantine worker). Never set from a file.
     pub byzantine: bool,
+    /// The ledger, when the node joins a network with a genesis file.
+    pub ledger: Option<LedgerConfig>,
+}
+
+/// How the node takes part in the ledger.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// The network's genesis.
+    pub genesis: agora_ledger::Genesis,
+    /// Where the consensus engine listens (port 0: a free port is picked at start).
+    pub listen: SocketAddr,
+    /// Consensus endpoints to dial (the genesis file's and the configured ones).
+    pub peers: Vec<SocketAddr>,
+    /// Target time between blocks.
+    pub block_time: Duration,
+}
+
+fn parse_socket(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::field(field, value, "IP:PORT, e.g. 127.0.0.1:7471"))
+}
+
+fn ledger_config(f: &FileConfig, preset: Preset) -> Result<Option<LedgerConfig>, ConfigError> {
+    let Some(path) = &f.genesis else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let genesis = agora_ledger::Genesis::from_json(&text).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let listen_text = f.consensus_listen.clone().unwrap_or_else(|| match preset {
+        Preset::Local => "127.0.0.1:0".into(),
+        Preset::Production => "0.0.0.0:7471".into(),
+    });
+    let listen = parse_socket("consensus_listen", &listen_text)?;
+    let mut peers = Vec::new();
+    for (i, a) in genesis.consensus_addrs().iter().enumerate() {
+        let addr: SocketAddr = a.parse().map_err(|_| ConfigError::File {
+            path: path.display().to_string(),
+            reason: format!("consensus address {a:?} (#{i}) is not IP:PORT"),
+        })?;
+        if addr != listen {
+            peers.push(addr);
+        }
+    }
+    for (i, a) in f.consensus_peers.iter().flatten().enumerate() {
+        let addr = parse_socket(&format!("consensus_peers[{i}]"), a)?;
+        if addr != listen && !peers.contains(&addr) {
+            peers.push(addr);
+        }
+    }
+    let block_ms = f.block_time_ms.unwrap_or(match preset {
+        Preset::Local => 300,
+        Preset::Production => 1_000,
+    });
+    if !(50..=60_000).contains(&block_ms) {
+        return Err(ConfigError::field("block_time_ms", block_ms, "50..=60000"));
+    }
+    Ok(Some(LedgerConfig {
+        genesis,
+        listen,
+        peers,
+        block_time: Duration::from_millis(block_ms),
+    }))
 }
 
 /// The default data directory: `$XDG_DATA_HOME/agora` or `~/.local/share/agora`, else `./agora-data`.
@@ -282,7 +364,9 @@ impl NodeConfig {
         if ad_secs == 0 || ad_secs > 3600 {
             return Err(ConfigError::field("ad_interval_secs", ad_secs, "1..=3600"));
         }
+        let ledger = ledger_config(&f, preset)?;
         Ok(NodeConfig {
+            ledger,
             preset,
             data_dir: f.data_dir.unwrap_or_else(default_data_dir),
             net,

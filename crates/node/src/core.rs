@@ -15,12 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agora_exec::{ExecError, Limits as ExecLimits, Pool};
+use agora_ledger::Event;
 use agora_market::{Input, JobRecord, Market, Offer, Output, bid_for};
 use agora_net::{NetEvent, NetHandle, PeerId, PeerInfo};
 use agora_types::job::{
     CapabilityAd, Health, JobId, Lease, Outcome, ReputationUpdate, ResultNotice, SignedJob,
     WorkResult, job_id,
 };
+use agora_types::ledger::{AccountId, TxKind};
 use agora_types::sign::{Domain, Signed};
 use agora_types::wire::{GossipMessage, Request, Response, limits};
 use agora_types::{Hash, Keypair, now_ms};
@@ -30,6 +32,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 use crate::blobs;
+use crate::ledger::LedgerRef;
 use crate::node::Shared;
 use crate::store::Store;
 
@@ -66,7 +69,7 @@ pub(crate) enum Internal {
     },
     ResultIn {
         from: PeerId,
-        result: WorkResult,
+        result: Signed<WorkResult>,
         ack: oneshot::Sender<Response>,
     },
     WorkDone(JobId),
@@ -91,7 +94,20 @@ pub(crate) struct Core {
     pub peer_cache: HashMap<PeerId, (Option<IpAddr>, Option<u32>)>,
     pub ad_seq: u64,
     pub bid_seen: VecDeque<(JobId, u32)>,
+    /// The ledger, when the node runs one.
+    pub ledger: Option<LedgerRef>,
+    /// Heights of applied blocks, from the chain.
+    pub blocks: mpsc::Receiver<u64>,
+    /// The last height whose events were handled.
+    pub ledger_seen: u64,
+    /// Escrow transactions of our jobs in flight: job -> (height sent, attempts).
+    pub escrow_txs: HashMap<JobId, (u64, u32)>,
 }
+
+/// Blocks to wait for an escrow transaction before sending it again.
+const ESCROW_RETRY_BLOCKS: u64 = 20;
+/// Settlements tried before falling back to a refund.
+const SETTLE_ATTEMPTS: u32 = 3;
 
 /// Announcements recently bid on, remembered so that a duplicate delivery is not bid on twice.
 /// A re-announcement (a higher attempt) is bid on again: the submitter is still short of workers.
@@ -114,6 +130,7 @@ impl Core {
                 }
                 Some(c) = self.commands.recv() => self.on_command(c),
                 Some(i) = self.internal.recv() => self.on_internal(i),
+                Some(h) = self.blocks.recv() => self.on_block(h),
                 event = self.events.recv() => match event {
                     Some(e) => self.on_net_event(e),
                     None => return,
@@ -208,12 +225,19 @@ impl Core {
                         let _ = net.request(worker, Request::Cancel(job_id)).await;
                     });
                 }
+                Output::LockEscrow {
+                    job_id,
+                    amount,
+                    max_price,
+                    redundancy,
+                } => self.lock_escrow(job_id, amount, max_price, redundancy),
                 Output::Verified {
                     job_id,
                     outcome,
                     workers,
                 } => {
                     info!(job = %job_id.short(), workers = workers.len(), "job verified");
+                    self.settle(job_id);
                     if let Some(n) = self.sign(ResultNotice {
                         job_id,
                         verdict: outcome.verdict(),
@@ -224,6 +248,7 @@ impl Core {
                 }
                 Output::Failed { job_id, reason } => {
                     info!(job = %job_id.short(), %reason, "job failed");
+                    self.settle(job_id);
                 }
                 Output::Reputation {
                     peer,
@@ -300,7 +325,11 @@ impl Core {
                 }),
             },
             Internal::ResultIn { from, result, ack } => {
-                self.feed(Input::Result { from, result });
+                self.feed(Input::Result {
+                    from,
+                    result: result.payload.clone(),
+                    signed: Some(result),
+                });
                 // The worker may forget its result once acknowledged: commit first.
                 self.after_commit(move || {
                     let _ = ack.send(Response::Ack);
@@ -402,6 +431,15 @@ impl Core {
                     });
                 }
             }
+            GossipMessage::Tx(tx) => {
+                if let Some(ledger) = &self.ledger {
+                    let mut st = ledger.lock();
+                    let st = &mut *st;
+                    if let Err(e) = st.mempool.insert(tx, &st.ledger) {
+                        debug!(error = %e, "transaction not taken into the mempool");
+                    }
+                }
+            }
             GossipMessage::Result(_) | GossipMessage::Health(_) | GossipMessage::Text(_) => {}
         }
     }
@@ -422,6 +460,17 @@ impl Core {
             || (spec.deadline_ms != 0 && spec.deadline_ms <= now_ms())
         {
             return;
+        }
+        if let Some(ledger) = &self.ledger {
+            let st = ledger.lock();
+            if !st.ledger.can_bid(&ledger.local) {
+                debug!(job = %id.short(), "not bidding: this node's stake is below the minimum");
+                return;
+            }
+            if st.ledger.escrow(&id).is_none() {
+                debug!(job = %id.short(), "not bidding: the job has no escrow on the ledger");
+                return;
+            }
         }
         let free = self.leases.free_slots();
         let total = self.leases.capacity() as u32;
@@ -449,6 +498,9 @@ impl Core {
         let response = match request {
             Request::Echo(b) => Response::Echo(b),
             Request::Bid(signed) => match signed.verify().and_then(|_| signed.signer_peer()) {
+                Ok(signer) if signer == peer && !self.may_bid(&peer) => Response::Refused(
+                    "a bidder needs the ledger's minimum stake (`agora wallet stake`)".into(),
+                ),
                 Ok(signer) if signer == peer => {
                     let (ip, rtt_ms) = self.peer_cache.get(&peer).copied().unwrap_or_default();
                     self.feed(Input::Bid {
@@ -463,8 +515,8 @@ impl Core {
                 Err(e) => Response::Refused(format!("bad bid: {e}")),
             },
             Request::Lease(lease) => self.on_lease(peer, lease),
-            Request::Result(signed) => {
-                self.on_result(peer, signed, reply);
+            Request::Result { result, output } => {
+                self.on_result(peer, result, output, reply);
                 return;
             }
             Request::Cancel(id) => {
@@ -544,6 +596,7 @@ impl Core {
         &mut self,
         peer: PeerId,
         signed: Signed<WorkResult>,
+        output: Vec<u8>,
         reply: oneshot::Sender<Response>,
     ) {
         let refuse = |reply: oneshot::Sender<Response>, why: String| {
@@ -554,16 +607,15 @@ impl Core {
             Ok(_) => return refuse(reply, "a result must be signed by its worker".into()),
             Err(e) => return refuse(reply, format!("bad result signature: {e}")),
         }
-        let mut result = signed.payload;
-        if !result.output_matches() {
+        if !signed.payload.output_matches(&output) {
             return refuse(reply, "the output does not match its hash".into());
         }
-        if self.market.job(&result.job_id).is_none() {
+        if self.market.job(&signed.payload.job_id).is_none() {
             return refuse(reply, "no such job here".into());
         }
         // Keep the output (content-addressed) before the market sees the result, so that a
         // verified job's output is on disk by the time anyone asks for it.
-        let output = std::mem::take(&mut result.output);
+        let result = signed;
         let store = self.shared.store.clone();
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
@@ -622,6 +674,210 @@ impl Core {
             });
         }
     }
+
+    /// Whether `peer` may bid: always without a ledger; with one, if it holds the minimum stake.
+    fn may_bid(&self, peer: &PeerId) -> bool {
+        let Some(ledger) = &self.ledger else {
+            return true;
+        };
+        AccountId::from_peer_id(peer).is_some_and(|a| ledger.lock().ledger.can_bid(&a))
+    }
+
+    /// Signs and gossips one of our own ledger transactions.
+    fn send_tx(&self, kind: TxKind) -> bool {
+        let Some(ledger) = &self.ledger else {
+            return false;
+        };
+        let name = kind.name();
+        match ledger.sign_own(kind) {
+            Ok(tx) => {
+                debug!(
+                    kind = name,
+                    nonce = tx.payload.nonce,
+                    "sending a ledger transaction"
+                );
+                self.publish(GossipMessage::Tx(tx));
+                true
+            }
+            Err(e) => {
+                warn!(kind = name, error = %e, "cannot send a ledger transaction");
+                false
+            }
+        }
+    }
+
+    fn lock_escrow(&mut self, job_id: JobId, amount: u64, max_price: u64, redundancy: u8) {
+        let Some(ledger) = self.ledger.clone() else {
+            // No ledger: nothing to lock.
+            self.feed(Input::EscrowLocked(job_id));
+            return;
+        };
+        let (locked, height) = {
+            let st = ledger.lock();
+            let locked = st
+                .ledger
+                .escrow(&job_id)
+                .is_some_and(|e| e.owner == ledger.local);
+            (locked, st.ledger.height())
+        };
+        if locked {
+            self.escrow_txs.remove(&job_id);
+            self.feed(Input::EscrowLocked(job_id));
+            return;
+        }
+        if let Some((sent, _)) = self.escrow_txs.get(&job_id)
+            && height < sent + ESCROW_RETRY_BLOCKS
+        {
+            return;
+        }
+        let attempts = self.escrow_txs.get(&job_id).map_or(0, |(_, a)| *a);
+        let sent = self.send_tx(TxKind::EscrowLock {
+            job_id,
+            amount,
+            max_price,
+            redundancy,
+        });
+        if sent {
+            self.escrow_txs.insert(job_id, (height, attempts + 1));
+        } else {
+            warn!(job = %job_id.short(), "cannot lock the escrow; cancelling the job");
+            self.feed(Input::Cancel(job_id));
+        }
+    }
+
+    /// Pays a finished job's quorum and slashes its minority, or takes the escrow back when there
+    /// is no quorum to pay and the refund height has passed. Retried from [`Core::on_block`]
+    /// until the escrow is closed.
+    fn settle(&mut self, job_id: JobId) {
+        let Some(ledger) = self.ledger.clone() else {
+            return;
+        };
+        let (escrow, height) = {
+            let st = ledger.lock();
+            (st.ledger.escrow(&job_id).cloned(), st.ledger.height())
+        };
+        let Some(escrow) = escrow else {
+            self.escrow_txs.remove(&job_id);
+            return;
+        };
+        if escrow.owner != ledger.local {
+            return;
+        }
+        let (sent, attempts) = self.escrow_txs.get(&job_id).copied().unwrap_or((0, 0));
+        if attempts > 0 && height < sent + ESCROW_RETRY_BLOCKS {
+            return;
+        }
+        let evidence = self.market.job(&job_id).and_then(|rec| {
+            rec.outcome.as_ref()?;
+            let pick = |agreed: bool| -> Vec<Signed<WorkResult>> {
+                rec.results
+                    .iter()
+                    .filter(|r| r.agreed == Some(agreed))
+                    .filter_map(|r| r.signed.clone())
+                    .collect()
+            };
+            Some((pick(true), pick(false)))
+        });
+        let kind = match evidence {
+            Some((quorum, minority)) if !quorum.is_empty() && attempts < SETTLE_ATTEMPTS => {
+                info!(job = %job_id.short(), paid = quorum.len(), slashed = minority.len(), "settling");
+                TxKind::Settle {
+                    job_id,
+                    quorum,
+                    minority,
+                }
+            }
+            _ if height >= escrow.refund_height => TxKind::Refund { job_id },
+            _ => return,
+        };
+        if self.send_tx(kind) {
+            self.escrow_txs.insert(job_id, (height, attempts + 1));
+        }
+    }
+
+    /// A block was applied: act on its events, then bring our jobs' escrows in line with the
+    /// ledger (locks that landed, settlements still owed, transactions to gossip again).
+    fn on_block(&mut self, _height: u64) {
+        let Some(ledger) = self.ledger.clone() else {
+            return;
+        };
+        let (events, height) = {
+            let st = ledger.lock();
+            let events: Vec<Event> = st
+                .receipts
+                .iter()
+                .filter(|r| r.height > self.ledger_seen)
+                .flat_map(|r| r.events.iter().map(|(_, e)| e.clone()))
+                .collect();
+            (events, st.ledger.height())
+        };
+        self.ledger_seen = height;
+        for e in events {
+            match e {
+                Event::EscrowLocked { job_id, owner, .. } if owner == ledger.local => {
+                    self.escrow_txs.remove(&job_id);
+                    self.feed(Input::EscrowLocked(job_id));
+                }
+                Event::Slashed {
+                    offender,
+                    offence,
+                    amount,
+                    ..
+                } => {
+                    if let Ok(peer) = offender.peer_id() {
+                        info!(%peer, %offence, amount, "slashed on the ledger");
+                        self.market
+                            .reputation_mut()
+                            .penalize(peer, offence.reputation_delta());
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Jobs whose escrow landed while we were not looking (a restart), and finished jobs
+        // whose escrow is still open.
+        let mut waiting = Vec::new();
+        let mut unsettled = Vec::new();
+        {
+            let st = ledger.lock();
+            for rec in self.market.jobs() {
+                if rec.state == agora_market::JobState::AwaitingEscrow {
+                    if st.ledger.escrow(&rec.id).is_some() {
+                        waiting.push(rec.id);
+                    }
+                } else if rec.state.is_final() && st.ledger.escrow(&rec.id).is_some() {
+                    unsettled.push(rec.id);
+                }
+            }
+            for (id, e) in st.ledger.escrows() {
+                if e.owner == ledger.local && self.market.job(id).is_none() {
+                    unsettled.push(*id);
+                }
+            }
+        }
+        for id in waiting {
+            self.escrow_txs.remove(&id);
+            self.feed(Input::EscrowLocked(id));
+        }
+        for id in unsettled {
+            self.settle(id);
+        }
+        let retry: Vec<(JobId, u64, u8)> = self
+            .market
+            .jobs()
+            .filter(|r| r.state == agora_market::JobState::AwaitingEscrow)
+            .map(|r| (r.id, r.job.payload.max_price, r.job.payload.redundancy))
+            .collect();
+        for (id, max_price, redundancy) in retry {
+            let amount = self.market.config().escrow_for(max_price, redundancy);
+            self.lock_escrow(id, amount, max_price, redundancy);
+        }
+        if height % 10 == 0 {
+            for tx in ledger.resign_pending() {
+                self.publish(GossipMessage::Tx(tx));
+            }
+        }
+    }
 }
 
 /// One execution on this node as a worker.
@@ -654,7 +910,10 @@ impl Work {
     async fn run(self, submitter: PeerId, id: JobId, lease: Lease) {
         let outcome = self.execute(submitter, &lease).await;
         match outcome {
-            Ok((outcome, output)) => self.report(submitter, id, outcome, output).await,
+            Ok((outcome, output)) => {
+                self.report(submitter, id, outcome, output, lease.price)
+                    .await
+            }
             Err(why) => {
                 warn!(job = %id.short(), %why, "giving the lease back");
                 let _ = self.net.request(submitter, Request::Cancel(id)).await;
@@ -718,11 +977,18 @@ impl Work {
         }
     }
 
-    async fn report(&self, submitter: PeerId, id: JobId, outcome: Outcome, output: Vec<u8>) {
+    async fn report(
+        &self,
+        submitter: PeerId,
+        id: JobId,
+        outcome: Outcome,
+        output: Vec<u8>,
+        price: u64,
+    ) {
         let result = WorkResult {
             job_id: id,
             outcome,
-            output,
+            price,
         };
         let signed = match Signed::sign(&self.keypair, result, now_ms()) {
             Ok(s) => s,
@@ -735,7 +1001,13 @@ impl Work {
         for attempt in 0..4u32 {
             let sent = tokio::time::timeout(
                 Duration::from_secs(3),
-                self.net.request(submitter, Request::Result(signed.clone())),
+                self.net.request(
+                    submitter,
+                    Request::Result {
+                        result: signed.clone(),
+                        output: output.clone(),
+                    },
+                ),
             )
             .await;
             match sent {

@@ -21,10 +21,15 @@ mod blobs;
 pub mod config;
 mod core;
 pub mod identity;
+pub mod ledger;
 mod node;
 pub mod store;
 
 pub use agora_market::{FailReason, JobRecord, JobState, WaitReason};
-pub use config::{ConfigError, FileConfig, LogFormat, NodeConfig, Preset};
-pub use node::{Node, NodeError, NodeHandle, NodeStatus, OutputError, SubmitError, SubmitRequest};
+pub use config::{ConfigError, FileConfig, LedgerConfig, LogFormat, NodeConfig, Preset};
+pub use ledger::{AccountView, LedgerStatus};
+pub use node::{
+    LedgerError, Node, NodeError, NodeHandle, NodeStatus, OutputError, SubmitError, SubmitRequest,
+    TxOutcome,
+};
 pub use store::Store;

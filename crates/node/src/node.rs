@@ -4,11 +4,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agora_chain::{ChainConfig, ChainHandle};
 use agora_exec::{Pool, Sandbox};
+use agora_ledger::{AccountId, BlockReceipt, Event, Ledger, TxKind};
 use agora_market::{JobRecord, Leases, Market, Offer};
 use agora_net::{Keypair, Multiaddr, NetHandle, PeerId, PeerInfo};
 use agora_types::job::{JobId, JobLimits, JobSpec, SpecBounds, SpecError};
 use agora_types::sign::Signed;
+use agora_types::wire::GossipMessage;
 use agora_types::{Hash, now_ms};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
@@ -20,6 +23,7 @@ use crate::blobs;
 use crate::config::{NodeConfig, Preset};
 use crate::core::{Command, Core, Persist};
 use crate::identity::{self, IdentityError};
+use crate::ledger::{AccountView, LedgerApp, LedgerRef, LedgerStatus};
 use crate::store::{Store, StoreError};
 
 /// Why a node could not start.
@@ -38,6 +42,49 @@ pub enum NodeError {
     /// The sandbox could not start.
     #[error("cannot start the sandbox: {0}")]
     Exec(#[from] agora_exec::ExecError),
+    /// The ledger could not start.
+    #[error("cannot start the ledger: {0}")]
+    Ledger(String),
+}
+
+/// Why a ledger request failed. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The node runs without a ledger.
+    #[error("this node runs without a ledger; start it with --genesis FILE")]
+    Disabled,
+    /// The account is unknown.
+    #[error("no account {0} on the ledger")]
+    UnknownAccount(String),
+    /// The transaction was not accepted.
+    #[error("transaction refused: {0}")]
+    Refused(String),
+    /// It was not in a block in time.
+    #[error(
+        "transaction {0} is not in a block after {1} s; it may still land (see `agora wallet history`)"
+    )]
+    Timeout(String, u64),
+    /// The node is stopping.
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// A transaction's fate.
+#[derive(Clone, Debug, Serialize)]
+pub struct TxOutcome {
+    /// Its id.
+    pub tx_id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its nonce.
+    pub nonce: u64,
+    /// The height it landed at.
+    pub height: u64,
+    /// Whether it was applied.
+    pub applied: bool,
+    /// Why not, when it was refused.
+    pub error: Option<String>,
 }
 
 /// Why a job was refused at submission. Each message says what to fix.
@@ -59,6 +106,17 @@ pub enum SubmitError {
     /// Storage failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// The submitter cannot pay the escrow.
+    #[error(
+        "the job's escrow needs {need} tokens but this node's balance is {have}; lower \
+         --max-price or --redundancy, or receive tokens (`agora wallet balance`)"
+    )]
+    InsufficientFunds {
+        /// The escrow.
+        need: u64,
+        /// The balance.
+        have: u64,
+    },
     /// The node is stopping.
     #[error("the node is shutting down")]
     Stopped,
@@ -146,6 +204,8 @@ pub(crate) struct Shared {
     pub registry: Mutex<Registry>,
     pub store: Store,
     pub sandbox: Sandbox,
+    pub ledger: Option<LedgerRef>,
+    pub chain: Option<ChainHandle>,
 }
 
 /// A cloneable handle to a running node, for the API and tests.
@@ -258,6 +318,18 @@ impl NodeHandle {
             nonce: rand::random(),
         };
         spec.validate(&bounds)?;
+        if let Some(ledger) = &self.shared.ledger {
+            let market = match self.shared.config.preset {
+                Preset::Local => agora_market::Config::local(),
+                Preset::Production => agora_market::Config::production(),
+            };
+            let need = market.escrow_for(spec.max_price, spec.redundancy);
+            let st = ledger.lock();
+            let have = st.ledger.account(&ledger.local).map_or(0, |a| a.balance);
+            if have < need {
+                return Err(SubmitError::InsufficientFunds { need, have });
+            }
+        }
         // Refuse what is not WebAssembly (or not a WASI command) before anyone is asked to run it.
         let sandbox = self.shared.sandbox.clone();
         let module = req.module;
@@ -298,6 +370,98 @@ impl NodeHandle {
     /// This node's reputation book.
     pub async fn reputation(&self) -> Vec<(PeerId, i64)> {
         self.ask(Command::Reputation).await.unwrap_or_default()
+    }
+
+    fn ledger(&self) -> Result<&LedgerRef, LedgerError> {
+        self.shared.ledger.as_ref().ok_or(LedgerError::Disabled)
+    }
+
+    /// The ledger's status.
+    pub async fn ledger_status(&self) -> Result<LedgerStatus, LedgerError> {
+        let ledger = self.ledger()?;
+        let peers = match &self.shared.chain {
+            Some(c) => c.status().await.peers,
+            None => 0,
+        };
+        Ok(ledger.lock().status(peers))
+    }
+
+    /// This node's account on the ledger.
+    pub fn local_account(&self) -> Result<AccountId, LedgerError> {
+        Ok(self.ledger()?.local)
+    }
+
+    /// An account, by peer id.
+    pub fn account(&self, peer_id: &str) -> Result<AccountView, LedgerError> {
+        let ledger = self.ledger()?;
+        let id = agora_ledger::genesis::account_of(peer_id)
+            .ok_or_else(|| LedgerError::UnknownAccount(peer_id.to_string()))?;
+        ledger
+            .lock()
+            .account_view(&id)
+            .ok_or_else(|| LedgerError::UnknownAccount(peer_id.to_string()))
+    }
+
+    /// Receipts of the blocks from height `from`, at most `limit`, oldest first (the most
+    /// recent blocks only: the node keeps a bounded window in memory).
+    pub fn blocks(&self, from: u64, limit: usize) -> Result<Vec<BlockReceipt>, LedgerError> {
+        let ledger = self.ledger()?;
+        let st = ledger.lock();
+        Ok(st
+            .receipts
+            .iter()
+            .filter(|r| r.height >= from)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    /// Events that concern this node's account, newest first, at most `limit`.
+    pub fn history(&self, limit: usize) -> Result<Vec<(u64, Event)>, LedgerError> {
+        let ledger = self.ledger()?;
+        let st = ledger.lock();
+        Ok(st.history.iter().rev().take(limit).cloned().collect())
+    }
+
+    /// Signs a transaction from this node's account, gossips it and, when `wait` is set, waits
+    /// (up to 30 s) for the block that holds it.
+    pub async fn send_tx(&self, kind: TxKind, wait: bool) -> Result<TxOutcome, LedgerError> {
+        let ledger = self.ledger()?.clone();
+        let name = kind.name().to_string();
+        let tx = ledger
+            .sign_own(kind)
+            .map_err(|e| LedgerError::Refused(e.to_string()))?;
+        let id = agora_types::ledger::tx_id(&tx);
+        let nonce = tx.payload.nonce;
+        let _ = self.net.publish(GossipMessage::Tx(tx)).await;
+        let mut outcome = TxOutcome {
+            tx_id: id.to_hex(),
+            kind: name,
+            nonce,
+            height: 0,
+            applied: false,
+            error: None,
+        };
+        if !wait {
+            return Ok(outcome);
+        }
+        const WAIT_SECS: u64 = 30;
+        let deadline = Instant::now() + Duration::from_secs(WAIT_SECS);
+        while Instant::now() < deadline {
+            {
+                let st = ledger.lock();
+                for r in st.receipts.iter().rev() {
+                    if let Some(rc) = r.receipts.iter().find(|x| x.tx_id == id) {
+                        outcome.height = r.height;
+                        outcome.applied = rc.error.is_none();
+                        outcome.error = rc.error.clone();
+                        return Ok(outcome);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(LedgerError::Timeout(id.to_hex(), WAIT_SECS))
     }
 
     /// A verified job's output.
@@ -400,6 +564,8 @@ impl Node {
             Preset::Local => agora_market::Config::local(),
             Preset::Production => agora_market::Config::production(),
         };
+        let mut market_config = market_config;
+        market_config.require_escrow = config.ledger.is_some();
         let mut market = Market::new(market_config, peer_id);
         if let Ok(Some(bytes)) = store.meta("reputation")
             && let Ok(book) = serde_json::from_slice(&bytes)
@@ -412,7 +578,19 @@ impl Node {
             memory_bytes: 1 << 30,
             max_wall_time_ms: 10 * 60 * 1000,
         };
-        info!(%peer_id, preset = ?config.preset, resumed = restored.len(), "node started");
+        let (block_tx, block_rx) = mpsc::channel(64);
+        let (ledger, chain) = match &config.ledger {
+            Some(lc) => {
+                let (l, c) = start_ledger(lc, &config.data_dir, &keypair, block_tx).await?;
+                (Some(l), Some(c))
+            }
+            None => {
+                drop(block_tx);
+                (None, None)
+            }
+        };
+        let ledger_seen = ledger.as_ref().map_or(0, |l| l.lock().ledger.height());
+        info!(%peer_id, preset = ?config.preset, resumed = restored.len(), ledger_height = ledger_seen, "node started");
         let shared = Arc::new(Shared {
             keypair,
             started: Instant::now(),
@@ -420,6 +598,8 @@ impl Node {
             store: store.clone(),
             sandbox,
             config,
+            ledger: ledger.clone(),
+            chain: chain.clone(),
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (stop_tx, stop_rx) = mpsc::channel(1);
@@ -450,6 +630,10 @@ impl Node {
             peer_cache: HashMap::new(),
             ad_seq: 0,
             bid_seen: VecDeque::new(),
+            ledger,
+            blocks: block_rx,
+            ledger_seen,
+            escrow_txs: HashMap::new(),
         };
         let core_task = tokio::spawn(core.run(restored));
         Ok(Node {
@@ -473,8 +657,66 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.core_task).await;
         // The core task owned the last persistence sender: the persister drains and ends.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.persist_task).await;
+        if let Some(chain) = &self.handle.shared.chain {
+            let _ = tokio::time::timeout(Duration::from_secs(2), chain.shutdown()).await;
+        }
         let _ = self.handle.net.shutdown().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.net_task).await;
         info!("node stopped");
     }
+}
+
+/// A free TCP port on `ip`, for a consensus endpoint configured with port 0.
+fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind((ip, 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Replays the chain into a fresh ledger and starts consensus.
+async fn start_ledger(
+    lc: &crate::config::LedgerConfig,
+    data_dir: &std::path::Path,
+    keypair: &Keypair,
+    blocks: mpsc::Sender<u64>,
+) -> Result<(LedgerRef, ChainHandle), NodeError> {
+    let ledger = Ledger::from_genesis(&lc.genesis).map_err(|e| NodeError::Ledger(e.to_string()))?;
+    let peer_id = keypair.public().to_peer_id();
+    let local = AccountId::from_peer_id(&peer_id)
+        .ok_or_else(|| NodeError::Ledger("the identity is not an Ed25519 key".into()))?;
+    let secret: [u8; 32] = keypair
+        .clone()
+        .try_into_ed25519()
+        .map_err(|_| NodeError::Ledger("the identity is not an Ed25519 key".into()))?
+        .secret()
+        .as_ref()
+        .try_into()
+        .map_err(|_| NodeError::Ledger("unexpected secret key length".into()))?;
+    let mut listen = lc.listen;
+    if listen.port() == 0 {
+        let port = free_port(listen.ip()).map_err(|e| NodeError::Ledger(e.to_string()))?;
+        listen.set_port(port);
+    }
+    let ledger_ref = LedgerRef::new(ledger, local, keypair.clone());
+    let app = LedgerApp {
+        ledger: ledger_ref.clone(),
+        notify: blocks,
+    };
+    let dir = data_dir.join("chain");
+    std::fs::create_dir_all(&dir).map_err(|e| NodeError::Ledger(e.to_string()))?;
+    let chain = agora_chain::start(
+        ChainConfig {
+            db_path: dir.join("chain.redb"),
+            wal_dir: dir.join("wal"),
+            listen,
+            peers: lc.peers.clone(),
+            secret_key: secret,
+            block_time: lc.block_time,
+            chain_id: lc.genesis.chain_id.clone(),
+        },
+        app,
+    )
+    .await
+    .map_err(|e| NodeError::Ledger(e.to_string()))?;
+    info!(%listen, peers = lc.peers.len(), height = ledger_ref.lock().ledger.height(), "ledger started");
+    Ok((ledger_ref, chain))
 }

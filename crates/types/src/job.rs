@@ -288,15 +288,17 @@ impl Outcome {
     }
 }
 
-/// A worker's signed report of one execution.
+/// A worker's signed claim about one execution. The output bytes travel beside it (see
+/// [`Request::Result`](crate::wire::Request::Result)) and are checked against `output_hash`, so
+/// the claim stays small enough to serve as evidence on the ledger (payment and slashing).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct WorkResult {
     /// The job run.
     pub job_id: JobId,
     /// How it ended.
     pub outcome: Outcome,
-    /// The stdout bytes (empty on failure). Their hash must equal the outcome's `output_hash`.
-    pub output: Vec<u8>,
+    /// The price the worker was leased at: what settlement pays it.
+    pub price: u64,
 }
 
 impl Domain for WorkResult {
@@ -304,11 +306,11 @@ impl Domain for WorkResult {
 }
 
 impl WorkResult {
-    /// Checks that `output` matches the hash it claims.
-    pub fn output_matches(&self) -> bool {
+    /// Checks that `output` is the output this result claims.
+    pub fn output_matches(&self, output: &[u8]) -> bool {
         match &self.outcome {
-            Outcome::Completed { output_hash, .. } => Hash::of(&self.output) == *output_hash,
-            Outcome::Failed { .. } => self.output.is_empty(),
+            Outcome::Completed { output_hash, .. } => Hash::of(output) == *output_hash,
+            Outcome::Failed { .. } => output.is_empty(),
         }
     }
 }

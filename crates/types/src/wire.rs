@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::{
     Bid, CapabilityAd, Health, JobId, Lease, ReputationUpdate, ResultNotice, SignedJob, WorkResult,
 };
+use crate::ledger::SignedTx;
 use crate::sign::Signed;
 use crate::{Hash, codec};
 
@@ -33,16 +34,19 @@ pub enum Topic {
     Reputation,
     /// Health beacons: `agora/health/1`.
     Health,
+    /// Ledger transactions on their way to a block proposer: `agora/ledger/1`.
+    Ledger,
 }
 
 impl Topic {
     /// Every topic, in a fixed order.
-    pub const ALL: [Topic; 5] = [
+    pub const ALL: [Topic; 6] = [
         Topic::Jobs,
         Topic::Capabilities,
         Topic::Results,
         Topic::Reputation,
         Topic::Health,
+        Topic::Ledger,
     ];
 
     /// The topic's name on the wire.
@@ -53,6 +57,7 @@ impl Topic {
             Topic::Results => "agora/results/1",
             Topic::Reputation => "agora/reputation/1",
             Topic::Health => "agora/health/1",
+            Topic::Ledger => "agora/ledger/1",
         }
     }
 
@@ -85,6 +90,8 @@ pub enum GossipMessage {
     Health(Signed<Health>),
     /// Free text, for tests and operators (`agora/health/1`).
     Text(String),
+    /// A ledger transaction for the mempools of block proposers.
+    Tx(SignedTx),
 }
 
 impl GossipMessage {
@@ -96,6 +103,7 @@ impl GossipMessage {
             GossipMessage::Result(_) => Topic::Results,
             GossipMessage::Reputation(_) => Topic::Reputation,
             GossipMessage::Health(_) | GossipMessage::Text(_) => Topic::Health,
+            GossipMessage::Tx(_) => Topic::Ledger,
         }
     }
 
@@ -114,8 +122,13 @@ pub enum Request {
     Bid(Signed<Bid>),
     /// A lease, sent by the submitter to a worker it picked.
     Lease(Lease),
-    /// A worker's result, sent to the submitter.
-    Result(Signed<WorkResult>),
+    /// A worker's result, sent to the submitter, with the output bytes it claims.
+    Result {
+        /// The signed claim.
+        result: Signed<WorkResult>,
+        /// Stdout; its hash must match the claim's `output_hash` (empty on failure).
+        output: Vec<u8>,
+    },
     /// From the submitter: the lease is withdrawn (job verified or abandoned). From the worker:
     /// it gives the lease back (it cannot fetch the job's blobs, or its pool is full).
     Cancel(JobId),
