@@ -8,7 +8,9 @@
 //! process's file descriptor limit is reported as skipped.
 //! Every node's event queue is drained by a task, as a node's would be. Once every node has a
 //! peer, they idle (GossipSub heartbeats, pings, Kademlia refreshes all run) for 30 s, then the
-//! process's `VmRSS` is read. The CPU the idle nodes used meanwhile is reported too.
+//! process's `VmRSS` is read. The CPU the idle nodes used meanwhile is reported too, and so are
+//! the TCP connections dialed per node per second while idle (the network namespace's
+//! `ActiveOpens`: connection churn), connected peers and routing-table sizes.
 //!
 //! The figure is `(RSS after idling - RSS before the first size) / nodes`: memory the allocator
 //! kept from an earlier size is charged to the later one, so it errs on the high side. The
@@ -87,26 +89,39 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
         ));
         let mut peak = util::rss_bytes()?;
         let (cpu0, wall0) = (util::process_cpu(), Instant::now());
+        let opens0 = util::tcp_active_opens();
         let idle_end = Instant::now() + idle;
         while Instant::now() < idle_end {
             tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
             peak = peak.max(util::rss_bytes()?);
         }
         let after = util::rss_bytes()?;
-        // CPU the idle nodes burn (timers, pings, DHT refreshes), in cores.
-        let idle_cores = match (cpu0, util::process_cpu()) {
-            (Some(a), Some(b)) => {
-                Some(b.saturating_sub(a).as_secs_f64() / wall0.elapsed().as_secs_f64())
-            }
+        let idle_wall = wall0.elapsed().as_secs_f64();
+        // Connections dialed per node per second while idle (churn: Kademlia walks dial peers
+        // that the connection cap then refuses after the Noise handshake).
+        let dials = match (opens0, util::tcp_active_opens()) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / n as f64 / idle_wall),
             _ => None,
         };
-        let (min, mean, max) = util::connectivity(&nodes).await?;
-        let mut isolated = 0;
-        for node in &nodes {
-            if node.handle.status().await?.connected_peers == 0 {
-                isolated += 1;
-            }
+        // CPU the idle nodes burn (timers, pings, DHT refreshes), in cores.
+        let idle_cores = match (cpu0, util::process_cpu()) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() / idle_wall),
+            _ => None,
+        };
+        // One status round, all nodes at once: peers and routing-table sizes.
+        let statuses = futures::future::join_all(nodes.iter().map(|n| n.handle.status())).await;
+        let (mut peers, mut tables) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for s in statuses {
+            let s = s?;
+            peers.push(s.connected_peers);
+            tables.push(s.routing_table_size);
         }
+        let (min, max) = (
+            peers.iter().copied().min().unwrap_or(0),
+            peers.iter().copied().max().unwrap_or(0),
+        );
+        let mean = util::round(peers.iter().sum::<usize>() as f64 / n as f64, 1);
+        let isolated = peers.iter().filter(|&&c| c == 0).count();
         let fds = util::open_fds();
         util::shutdown_all(nodes).await;
 
@@ -114,7 +129,7 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
         let per_node_delta = after.saturating_sub(before) as f64 / MB / n as f64;
         worst = worst.max(per_node);
         measured += 1;
-        reports.push(json!({
+        let report = json!({
             "nodes": n,
             "rss_before_mb": util::round(before as f64 / MB, 1),
             "rss_after_idle_mb": util::round(after as f64 / MB, 1),
@@ -128,12 +143,19 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
                 "max": max,
                 "nodes_without_peers": isolated,
             },
+            "routing_table": {
+                "min": tables.iter().copied().min().unwrap_or(0),
+                "mean": util::round(tables.iter().sum::<usize>() as f64 / n as f64, 1),
+            },
+            "tcp_dials_per_node_per_sec": dials.map(|d| util::round(d, 2)),
             "idle_cpu_cores": idle_cores.map(|c| util::round(c, 3)),
             "idle_cpu_ms_per_node_per_sec":
                 idle_cores.map(|c| util::round(c * 1000.0 / n as f64, 3)),
             "open_fds": fds,
             "setup_secs": util::round(setup.as_secs_f64(), 1),
-        }));
+        });
+        util::progress(&format!("scale: {report}"));
+        reports.push(report);
     }
     Ok(json!({
         "bench": "scale",

@@ -125,6 +125,13 @@ pub struct NodeArgs {
     /// Target milliseconds between blocks [default: 300 (local), 1000 (production)].
     #[arg(long, env = "AGORA_BLOCK_TIME_MS")]
     pub block_time_ms: Option<u64>,
+    /// Who may connect: `open` (anyone; only staked peers bid) or `permissioned` (only the
+    /// ledger's stake set and --allow peers complete a connection).
+    #[arg(long, env = "AGORA_AUTHORIZATION")]
+    pub authorization: Option<String>,
+    /// A peer id always allowed to connect in permissioned mode (repeatable).
+    #[arg(long = "allow", env = "AGORA_ALLOW_LIST", value_delimiter = ',')]
+    pub allow_list: Vec<String>,
     /// Exit when the parent process dies (used by `agora devnet`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,

@@ -492,6 +492,27 @@ async fn ledger_summary(nodes: &[Child_], byzantine: &[String], jobs: Option<&Va
         }
     }
     let roots_agree = roots.values().all(|r| r.len() == 1);
+    // Every payment to an honest worker is exactly the price it bids at.
+    let mut payments = 0u64;
+    let mut exact = true;
+    for n in nodes.iter().filter(|n| !byzantine.contains(&n.peer_id)) {
+        let Ok(api) = Api::new(&n.api) else { continue };
+        let price = api
+            .get_json("/v1/status")
+            .await
+            .ok()
+            .and_then(|s| s["price"].as_u64());
+        let history = api
+            .get_json("/v1/wallet/history?limit=10000")
+            .await
+            .unwrap_or(Value::Null);
+        for e in history["events"].as_array().into_iter().flatten() {
+            if e["event"]["event"] == "paid" {
+                payments += 1;
+                exact &= e["event"]["amount"].as_u64() == price;
+            }
+        }
+    }
     json!({
         "height": status["height"],
         "validators": status["validators"].as_array().map_or(0, |v| v.len()),
@@ -503,6 +524,8 @@ async fn ledger_summary(nodes: &[Child_], byzantine: &[String], jobs: Option<&Va
         "verified_jobs": verified,
         "every_verified_job_paid": status["settled_jobs"].as_u64().unwrap_or(0) >= verified && status["open_escrows"].as_u64() == Some(0),
         "byzantine_slashed": slashed,
+        "honest_payments": payments,
+        "honest_paid_exactly_their_bid": exact && payments > 0,
         "state_roots_agree": roots_agree,
     })
 }

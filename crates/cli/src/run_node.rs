@@ -31,6 +31,8 @@ fn flag_layer(a: &NodeArgs) -> Result<FileConfig> {
         consensus_listen: a.consensus_listen.clone(),
         consensus_peers: nonempty(&a.consensus_peers),
         block_time_ms: a.block_time_ms,
+        authorization: a.authorization.clone(),
+        allow_list: nonempty(&a.allow_list),
         ..FileConfig::default()
     })
 }

@@ -52,3 +52,44 @@ fn slow_scenario_devnet_five_nodes_all_connected_and_cleaned_up() {
     let left = processes_mentioning(base.to_str().unwrap());
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
+
+#[test]
+fn slow_scenario_devnet_ledger_pays_honest_workers_and_slashes_the_byzantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("devnet");
+    let out = Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args([
+            "devnet",
+            "--nodes",
+            "6",
+            "--jobs",
+            "12",
+            "--byzantine",
+            "1",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(&base)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "devnet failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let jobs = &v["jobs"];
+    assert_eq!(jobs["verified"], 12, "{v}");
+    assert_eq!(jobs["wrong_accepted"], 0, "{v}");
+    let l = &v["ledger"];
+    assert!(l["height"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(l["validators"], 4, "{v}");
+    assert_eq!(l["supply_conserved"], true, "{v}");
+    assert_eq!(l["every_verified_job_paid"], true, "{v}");
+    assert_eq!(l["settled_jobs"], 12, "{v}");
+    assert_eq!(l["honest_paid_exactly_their_bid"], true, "{v}");
+    assert_eq!(l["state_roots_agree"], true, "{v}");
+    assert!(l["paid"].as_u64().unwrap() > 0, "{v}");
+    // The Byzantine worker took part in at least one job and was outvoted, so it was slashed.
+    let byz = &l["byzantine_slashed"][0];
+    assert_eq!(byz["slashed"], true, "{v}");
+    assert!(l["slashed"].as_u64().unwrap() > 0, "{v}");
+}

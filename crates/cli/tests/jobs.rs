@@ -13,15 +13,15 @@
 // A test reports failure by panicking, with the job's record in the message where there is one.
 #![allow(clippy::unwrap_used)]
 
-use std::fs::OpenOptions;
-use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const EXE: &str = env!("CARGO_BIN_EXE_agora");
+use common::{Network, rand_suffix};
 
 /// Steps of the busy job whose worker is killed: about 2.6 s on one idle core of the machine the
 /// tests were written on (1.3 ns and 15 fuel units per step), more when replicas share cores. Long
@@ -39,22 +39,6 @@ const BUSY_FUEL: &str = "100000000000";
 
 const LCG_MUL: u64 = 6_364_136_223_846_793_005;
 const LCG_ADD: u64 = 1_442_695_040_888_963_407;
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn wasm(wat: &str) -> Vec<u8> {
     wat::parse_str(wat).expect("test WAT must compile")
@@ -116,206 +100,10 @@ fn busy_expected(steps: u64) -> String {
 }
 
 /// One `agora node` process, restartable with the same flags.
-struct Node {
-    peer_id: String,
-    api: String,
-    dir: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn spawn(&mut self) {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("node.log"))
-            .unwrap();
-        let mut cmd = Command::new(EXE);
-        cmd.args(&self.args);
-        clean_env(&mut cmd);
-        // Plain info-level logs: readable tails on failure, and the lines a test waits for.
-        cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("cannot start agora node"));
-    }
-
-    /// SIGKILL, and reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-/// The children read their configuration from flags only.
-fn clean_env(cmd: &mut Command) {
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("AGORA_") {
-            cmd.env_remove(k);
-        }
-    }
-}
-
-/// A small network of real nodes; every child is killed on drop.
-struct Network {
-    dir: tempfile::TempDir,
-    nodes: Vec<Node>,
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
-}
-
 impl Network {
-    /// Starts `n` nodes, waits for every API to answer and every node to be connected to all the
-    /// others, then 3 s more so that capability ads (every 2 s in the local preset) have spread.
-    fn start(n: usize) -> Network {
-        let dir = tempfile::tempdir().unwrap();
-        let mut net = Network {
-            nodes: Vec::with_capacity(n),
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-            dir,
-        };
-        let mut bootstrap: Option<String> = None;
-        for i in 0..n {
-            let dir = net.dir.path().join(format!("node-{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            let out = Command::new(EXE)
-                .args(["id", "--data-dir"])
-                .arg(&dir)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "agora id failed: {out:?}");
-            let peer_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
-            let tcp = free_tcp_port();
-            let api = format!("127.0.0.1:{}", free_tcp_port());
-            let mut args = vec![
-                "node".to_string(),
-                "--preset=local".into(),
-                format!("--data-dir={}", dir.display()),
-                format!("--listen=/ip4/127.0.0.1/tcp/{tcp}"),
-                format!("--listen=/ip4/127.0.0.1/udp/{}/quic-v1", free_udp_port()),
-                format!("--api={api}"),
-                "--no-mdns".into(),
-                // Dies with this test's thread even if the test process is killed.
-                "--exit-with-parent".into(),
-            ];
-            if let Some(b) = &bootstrap {
-                args.push(format!("--bootstrap={b}"));
-            } else {
-                bootstrap = Some(format!("/ip4/127.0.0.1/tcp/{tcp}/p2p/{peer_id}"));
-            }
-            let mut node = Node {
-                peer_id,
-                api,
-                dir,
-                args,
-                child: None,
-            };
-            node.spawn();
-            net.nodes.push(node);
-        }
-        for i in 0..n {
-            net.wait_api(i);
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let counts: Vec<u64> = (0..n)
-                .map(|i| {
-                    net.get(i, "/v1/status")
-                        .ok()
-                        .and_then(|s| s["connected_peers"].as_u64())
-                        .unwrap_or(0)
-                })
-                .collect();
-            if counts.iter().all(|c| *c + 1 >= n as u64) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the {n} nodes did not all connect to each other within 60 s: connected_peers {counts:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        std::thread::sleep(Duration::from_secs(3));
-        net
-    }
-
-    /// Waits (60 s at most) until node `i` answers GET /v1/status.
-    fn wait_api(&mut self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(Ok(Some(status))) = self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "node {i} exited at start ({status}):\n{}",
-                    self.nodes[i].log_tail(20)
-                );
-            }
-            if self.get(i, "/v1/status").is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} did not answer on {} within 60 s:\n{}",
-                self.nodes[i].api,
-                self.nodes[i].log_tail(20)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn get(&self, i: usize, path: &str) -> Result<Value, String> {
-        let url = format!("http://{}{path}", self.nodes[i].api);
-        self.rt.block_on(async {
-            let r = self
-                .http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = r.status();
-            let body: Value = r.json().await.map_err(|e| e.to_string())?;
-            if status.is_success() {
-                Ok(body)
-            } else {
-                Err(format!("{url} answered {status}: {body}"))
-            }
-        })
-    }
-
     /// A job's record on node `i`.
     fn job(&self, i: usize, id: &str) -> Result<Value, String> {
         self.get(i, &format!("/v1/jobs/{id}"))
-    }
-
-    /// Runs `agora ARGS --api <node i>`.
-    fn cli(&self, i: usize, args: &[&str]) -> Output {
-        let mut cmd = Command::new(EXE);
-        cmd.args(args).arg("--api").arg(&self.nodes[i].api);
-        clean_env(&mut cmd);
-        cmd.stdin(Stdio::null()).output().unwrap()
-    }
-
-    /// Writes a file into the network's temporary directory.
-    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
     }
 
     /// `agora job submit MODULE --input FILE EXTRA.. --json` to node `i`, with its output.
@@ -398,44 +186,6 @@ impl Network {
         );
         String::from_utf8(out.stdout).unwrap()
     }
-
-    fn index_of(&self, peer_id: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.peer_id == peer_id)
-    }
-
-    /// Panics if a node that should be running has exited.
-    fn assert_all_alive(&mut self) {
-        for (i, n) in self.nodes.iter_mut().enumerate() {
-            if let Some(c) = n.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                panic!("node {i} exited ({status}):\n{}", n.log_tail(30));
-            }
-        }
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            n.kill();
-        }
-        if std::thread::panicking() {
-            for (i, n) in self.nodes.iter().enumerate() {
-                eprintln!(
-                    "---- node {i} ({}), last lines of its log:\n{}",
-                    n.peer_id,
-                    n.log_tail(40)
-                );
-            }
-        }
-    }
-}
-
-fn rand_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
 fn state(r: &Value) -> &str {

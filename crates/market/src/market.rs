@@ -285,7 +285,11 @@ impl Ctx<'_> {
         rtt_ms: Option<u32>,
         ip: Option<IpAddr>,
     ) {
-        if rec.is_finished() || bid.price > rec.job.payload.max_price {
+        // No bid counts before the escrow is locked: the job is not announced yet.
+        if rec.is_finished()
+            || rec.state == JobState::AwaitingEscrow
+            || bid.price > rec.job.payload.max_price
+        {
             return;
         }
         // A worker that lost a lease may bid again only after the next announcement: this

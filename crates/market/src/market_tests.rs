@@ -943,3 +943,47 @@ mod props {
         }
     }
 }
+
+#[test]
+fn with_escrow_required_a_job_is_announced_only_once_locked() {
+    let mut config = Config::local();
+    config.require_escrow = true;
+    let mut m = Market::new(config, peer(200));
+    let mut s = spec();
+    s.max_price = 50;
+    let (id, out) = submit(&mut m, s, 0);
+    assert_eq!(announces(&out), 0);
+    let lock = out.iter().find_map(|o| match o {
+        Output::LockEscrow {
+            job_id,
+            amount,
+            max_price,
+            redundancy,
+        } => Some((*job_id, *amount, *max_price, *redundancy)),
+        _ => None,
+    });
+    // r = 3: 3 replicas plus up to min(16, 2r + 2) = 8 more, at most 50 each.
+    assert_eq!(lock, Some((id, 50 * 11, 50, 3)));
+    assert_eq!(m.job(&id).unwrap().state, JobState::AwaitingEscrow);
+    // Time passes: still no announcement, no bids taken.
+    let out = m.handle(Input::Tick, 10_000);
+    assert_eq!(announces(&out), 0);
+    let out = bid(&mut m, 1, id, 10, 10_000);
+    assert!(leased(&out).is_empty());
+    // Locked: announced now, and the job takes bids.
+    let out = m.handle(Input::EscrowLocked(id), 10_100);
+    assert_eq!(announces(&out), 1);
+    assert_eq!(m.job(&id).unwrap().state, JobState::Bidding);
+    // A second notice changes nothing.
+    let out = m.handle(Input::EscrowLocked(id), 10_200);
+    assert_eq!(announces(&out), 0);
+    // After a restart the lock is asked for again.
+    let mut config = Config::local();
+    config.require_escrow = true;
+    let mut fresh = Market::new(config, peer(200));
+    let mut rec = m.job(&id).unwrap().clone();
+    rec.state = JobState::AwaitingEscrow;
+    let out = fresh.restore(vec![rec], 20_000);
+    assert!(out.iter().any(|o| matches!(o, Output::LockEscrow { .. })));
+    assert_eq!(announces(&out), 0);
+}

@@ -139,6 +139,11 @@ pub struct FileConfig {
     pub consensus_peers: Option<Vec<String>>,
     /// Target milliseconds between blocks.
     pub block_time_ms: Option<u64>,
+    /// `open` (anyone connects; only staked peers bid) or `permissioned` (only peers in the
+    /// ledger's stake set or the allow list complete a connection).
+    pub authorization: Option<String>,
+    /// Peer ids always allowed to connect in `permissioned` mode.
+    pub allow_list: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -184,6 +189,8 @@ impl FileConfig {
             consensus_listen: other.consensus_listen.or(self.consensus_listen),
             consensus_peers: other.consensus_peers.or(self.consensus_peers),
             block_time_ms: other.block_time_ms.or(self.block_time_ms),
+            authorization: other.authorization.or(self.authorization),
+            allow_list: other.allow_list.or(self.allow_list),
         }
     }
 }
@@ -364,7 +371,34 @@ impl NodeConfig {
         if ad_secs == 0 || ad_secs > 3600 {
             return Err(ConfigError::field("ad_interval_secs", ad_secs, "1..=3600"));
         }
+        net.authorization = match f.authorization.as_deref() {
+            None | Some("open") => agora_net::Authorization::Open,
+            Some("permissioned") => agora_net::Authorization::Permissioned,
+            Some(other) => {
+                return Err(ConfigError::field(
+                    "authorization",
+                    other,
+                    "`open` or `permissioned`",
+                ));
+            }
+        };
+        for (i, p) in f.allow_list.iter().flatten().enumerate() {
+            let peer = p.parse().map_err(|_| {
+                ConfigError::field(format!("allow_list[{i}]"), p, "a peer id (`agora id`)")
+            })?;
+            net.allow_list.push(peer);
+        }
         let ledger = ledger_config(&f, preset)?;
+        if net.authorization == agora_net::Authorization::Permissioned
+            && ledger.is_none()
+            && net.allow_list.is_empty()
+        {
+            return Err(ConfigError::field(
+                "authorization",
+                "permissioned",
+                "a genesis file (the stake set decides) or a non-empty allow_list",
+            ));
+        }
         Ok(NodeConfig {
             ledger,
             preset,

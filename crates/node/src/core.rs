@@ -102,6 +102,8 @@ pub(crate) struct Core {
     pub ledger_seen: u64,
     /// Escrow transactions of our jobs in flight: job -> (height sent, attempts).
     pub escrow_txs: HashMap<JobId, (u64, u32)>,
+    /// The stake set last given to the network (permissioned mode).
+    pub authorized: Option<std::collections::HashSet<PeerId>>,
 }
 
 /// Blocks to wait for an escrow transaction before sending it again.
@@ -877,6 +879,32 @@ impl Core {
                 self.publish(GossipMessage::Tx(tx));
             }
         }
+        if self.shared.config.net.authorization == agora_net::Authorization::Permissioned {
+            self.authorize_stake_set(&ledger);
+        }
+    }
+
+    /// In permissioned mode, the peers allowed to connect are the accounts with stake (workers
+    /// and validators), besides the configured allow list; the network drops the others at once.
+    fn authorize_stake_set(&mut self, ledger: &LedgerRef) {
+        let set: std::collections::HashSet<PeerId> = {
+            let st = ledger.lock();
+            st.ledger
+                .accounts()
+                .filter(|(_, a)| a.stake > 0 && !a.banned)
+                .filter_map(|(id, _)| id.peer_id().ok())
+                .collect()
+        };
+        if self.authorized.as_ref() == Some(&set) {
+            return;
+        }
+        self.authorized = Some(set.clone());
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            if let Err(e) = net.set_authorized(set).await {
+                warn!(error = %e, "cannot update the authorized peers");
+            }
+        });
     }
 }
 

@@ -195,6 +195,8 @@ pub struct NodeStatus {
     pub uptime_secs: u64,
     /// Software version.
     pub version: String,
+    /// The price this node asks per execution.
+    pub price: u64,
 }
 
 pub(crate) struct Shared {
@@ -247,6 +249,7 @@ impl NodeHandle {
             routing_table_size: s.routing_table_size,
             uptime_secs: self.shared.started.elapsed().as_secs(),
             version: agora_types::VERSION.to_string(),
+            price: self.shared.config.price,
         })
     }
 
@@ -634,6 +637,7 @@ impl Node {
             blocks: block_rx,
             ledger_seen,
             escrow_txs: HashMap::new(),
+            authorized: None,
         };
         let core_task = tokio::spawn(core.run(restored));
         Ok(Node {
