@@ -132,3 +132,64 @@ fn slow_scenario_validator_killed_chain_goes_on_and_it_resyncs() {
     );
     net.assert_all_alive();
 }
+
+/// `--authorization permissioned`: the staked nodes of the genesis connect to each other; a
+/// stranger with no stake is refused before it reaches the application, and counted.
+#[test]
+fn slow_scenario_permissioned_nodes_refuse_a_peer_without_stake() {
+    let mut net = Network::start_full(4, Some(4), &["--authorization=permissioned"]);
+    wait_height(
+        &net,
+        &[0, 1, 2, 3],
+        2,
+        Duration::from_secs(60),
+        "first blocks",
+    );
+    let dir = net.dir.path().join("stranger");
+    std::fs::create_dir_all(&dir).unwrap();
+    let api = format!("127.0.0.1:{}", common::free_tcp_port());
+    let mut stranger = common::Node {
+        peer_id: String::new(),
+        api: api.clone(),
+        dir: dir.clone(),
+        args: vec![
+            "node".into(),
+            "--preset=local".into(),
+            format!("--data-dir={}", dir.display()),
+            format!("--listen=/ip4/127.0.0.1/tcp/{}", common::free_tcp_port()),
+            format!("--api={api}"),
+            "--no-mdns".into(),
+            "--exit-with-parent".into(),
+            format!("--bootstrap={}", common::bootstrap_of(&net.nodes[0])),
+        ],
+        child: None,
+    };
+    stranger.spawn();
+    net.nodes.push(stranger);
+    net.wait_api(4);
+    // Give it time to dial (and be refused) a few times.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let metrics = net.get_text(0, "/metrics");
+        let refused: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("agora_net_refused_connections_total") && l.contains("unauthorized")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if refused > 0.0 || Instant::now() > deadline {
+            break refused;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(refused > 0.0, "node 0 counted no unauthorized connection");
+    let s = net.get(4, "/v1/status").unwrap();
+    assert_eq!(s["connected_peers"], 0, "the stranger got in: {s}");
+    let s = net.get(0, "/v1/status").unwrap();
+    assert_eq!(
+        s["connected_peers"], 3,
+        "the staked nodes lost each other: {s}"
+    );
+    net.assert_all_alive();
+}

@@ -887,14 +887,7 @@ impl Core {
     /// In permissioned mode, the peers allowed to connect are the accounts with stake (workers
     /// and validators), besides the configured allow list; the network drops the others at once.
     fn authorize_stake_set(&mut self, ledger: &LedgerRef) {
-        let set: std::collections::HashSet<PeerId> = {
-            let st = ledger.lock();
-            st.ledger
-                .accounts()
-                .filter(|(_, a)| a.stake > 0 && !a.banned)
-                .filter_map(|(id, _)| id.peer_id().ok())
-                .collect()
-        };
+        let set = ledger.stake_set();
         if self.authorized.as_ref() == Some(&set) {
             return;
         }

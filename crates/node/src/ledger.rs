@@ -99,6 +99,17 @@ impl LedgerRef {
         Ok(signed)
     }
 
+    /// The peers of every account with stake that is not banned: who may connect in
+    /// permissioned mode.
+    pub fn stake_set(&self) -> std::collections::HashSet<agora_types::PeerId> {
+        let st = self.lock();
+        st.ledger
+            .accounts()
+            .filter(|(_, a)| a.stake > 0 && !a.banned)
+            .filter_map(|(id, _)| id.peer_id().ok())
+            .collect()
+    }
+
     /// This node's waiting transactions, signed again with a fresh timestamp so that they pass
     /// the synchrony bound when gossiped again.
     pub fn resign_pending(&self) -> Vec<SignedTx> {

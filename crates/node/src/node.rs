@@ -593,6 +593,16 @@ impl Node {
             }
         };
         let ledger_seen = ledger.as_ref().map_or(0, |l| l.lock().ledger.height());
+        let mut authorized = None;
+        if config.net.authorization == agora_net::Authorization::Permissioned {
+            // From the first moment: the stake set as of the last stored block.
+            let set = ledger
+                .as_ref()
+                .map(LedgerRef::stake_set)
+                .unwrap_or_default();
+            network.handle.set_authorized(set.clone()).await?;
+            authorized = Some(set);
+        }
         info!(%peer_id, preset = ?config.preset, resumed = restored.len(), ledger_height = ledger_seen, "node started");
         let shared = Arc::new(Shared {
             keypair,
@@ -637,7 +647,7 @@ impl Node {
             blocks: block_rx,
             ledger_seen,
             escrow_txs: HashMap::new(),
-            authorized: None,
+            authorized,
         };
         let core_task = tokio::spawn(core.run(restored));
         Ok(Node {

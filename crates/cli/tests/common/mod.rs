@@ -98,6 +98,11 @@ impl Network {
     /// first `v` nodes validate and every node has a balance and a worker's stake, and starts
     /// every node with it.
     pub fn start_with(n: usize, validators: Option<usize>) -> Network {
+        Network::start_full(n, validators, &[])
+    }
+
+    /// Like [`Network::start_with`], with `extra` flags for every node.
+    pub fn start_full(n: usize, validators: Option<usize>, extra: &[&str]) -> Network {
         let dir = tempfile::tempdir().unwrap();
         let mut net = Network {
             nodes: Vec::with_capacity(n),
@@ -160,6 +165,7 @@ impl Network {
                 args.push(format!("--genesis={}", g.display()));
                 args.push(format!("--consensus-listen=127.0.0.1:{consensus_port}"));
             }
+            args.extend(extra.iter().map(|e| e.to_string()));
             if let Some(b) = &bootstrap {
                 args.push(format!("--bootstrap={b}"));
             } else {
@@ -243,6 +249,17 @@ impl Network {
         })
     }
 
+    /// GET `path` on node `i` as text (e.g. `/metrics`); empty if it does not answer.
+    pub fn get_text(&self, i: usize, path: &str) -> String {
+        let url = format!("http://{}{path}", self.nodes[i].api);
+        self.rt.block_on(async {
+            match self.http.get(&url).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        })
+    }
+
     /// Runs `agora ARGS --api <node i>`.
     pub fn cli(&self, i: usize, args: &[&str]) -> Output {
         let mut cmd = Command::new(EXE);
@@ -289,6 +306,16 @@ impl Drop for Network {
             }
         }
     }
+}
+
+/// The bootstrap address of node `i` (its TCP listen address with its peer id).
+pub fn bootstrap_of(node: &Node) -> String {
+    let tcp = node
+        .args
+        .iter()
+        .find_map(|a| a.strip_prefix("--listen=").filter(|l| l.contains("/tcp/")))
+        .expect("a TCP listen address");
+    format!("{tcp}/p2p/{}", node.peer_id)
 }
 
 pub fn rand_suffix() -> String {
