@@ -5,6 +5,8 @@
 //! peers until Ctrl-C or the end of `--duration`; then every child is stopped (SIGTERM, then
 //! SIGKILL after 5 s) and, with `--json`, the last line on stdout is a one-line JSON summary.
 //! Children also die with the devnet process itself (parent-death signal), so none is left behind.
+//! A node that exits (a crash, or a SIGKILL to try the network's resilience) is restarted on its
+//! data directory, up to 5 times: it resumes its jobs and resyncs the ledger.
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -63,6 +65,35 @@ pub(crate) struct Child_ {
     pub api: String,
     pub dir: PathBuf,
     pub child: Child,
+    /// The `agora node` flags it runs with, to restart it the same way.
+    pub args: Vec<String>,
+    /// How many times it was restarted after exiting.
+    pub restarts: u32,
+}
+
+/// The most restarts of one node before the devnet gives up on it.
+const MAX_RESTARTS: u32 = 5;
+
+/// Starts `agora node ARGS` with its output appended to `dir/node.log`.
+fn spawn_child(dir: &Path, args: &[String]) -> Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the agora executable")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(args);
+    // The children read their configuration from flags only.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AGORA_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    cmd.spawn().context("cannot start an agora node process")
 }
 
 fn free_tcp_port() -> Result<u16> {
@@ -85,7 +116,6 @@ pub(crate) async fn spawn_nodes(
     n: usize,
     extra: impl Fn(usize) -> Vec<String>,
 ) -> Result<Vec<Child_>> {
-    let exe = std::env::current_exe().context("cannot find the agora executable")?;
     let mut nodes: Vec<Child_> = Vec::with_capacity(n);
     let mut bootstrap: Option<String> = None;
     for i in 0..n {
@@ -95,31 +125,22 @@ pub(crate) async fn spawn_nodes(
         let tcp = free_tcp_port()?;
         let udp = free_udp_port()?;
         let api = format!("127.0.0.1:{}", free_tcp_port()?);
-        let log = std::fs::File::create(dir.join("node.log"))?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg("node")
-            .arg("--preset=local")
-            .arg(format!("--data-dir={}", dir.display()))
-            .arg(format!("--listen=/ip4/127.0.0.1/tcp/{tcp}"))
-            .arg(format!("--listen=/ip4/127.0.0.1/udp/{udp}/quic-v1"))
-            .arg(format!("--api={api}"))
-            .arg("--no-mdns")
-            .arg("--exit-with-parent");
+        let _ = std::fs::remove_file(dir.join("node.log"));
+        let mut args = vec![
+            "node".to_string(),
+            "--preset=local".into(),
+            format!("--data-dir={}", dir.display()),
+            format!("--listen=/ip4/127.0.0.1/tcp/{tcp}"),
+            format!("--listen=/ip4/127.0.0.1/udp/{udp}/quic-v1"),
+            format!("--api={api}"),
+            "--no-mdns".into(),
+            "--exit-with-parent".into(),
+        ];
         if let Some(b) = &bootstrap {
-            cmd.arg(format!("--bootstrap={b}"));
+            args.push(format!("--bootstrap={b}"));
         }
-        cmd.args(extra(i));
-        // The children read their configuration from flags only.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("AGORA_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        let child = cmd.spawn().context("cannot start an agora node process")?;
+        args.extend(extra(i));
+        let child = spawn_child(&dir, &args)?;
         if i == 0 {
             bootstrap = Some(format!("/ip4/127.0.0.1/tcp/{tcp}/p2p/{peer_id}"));
         }
@@ -129,6 +150,8 @@ pub(crate) async fn spawn_nodes(
             api,
             dir,
             child,
+            args,
+            restarts: 0,
         });
     }
     // Wait for every API to answer.
@@ -297,14 +320,29 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
             _ = &mut signal => break,
             _ = tick.tick() => {}
         }
+        // A node that exits (crashed, or killed to try the network's resilience) is restarted
+        // on the same data directory: it resumes its jobs and resyncs the ledger.
         for n in nodes.iter_mut() {
             if let Ok(Some(status)) = n.child.try_wait() {
-                early_exit = Some(format!(
-                    "node {} exited unexpectedly ({status}); its log, {}:\n{}",
-                    n.index,
-                    n.dir.join("node.log").display(),
-                    log_tail(&n.dir)
+                if n.restarts >= MAX_RESTARTS {
+                    early_exit = Some(format!(
+                        "node {} exited {} times, last {status}; its log, {}:\n{}",
+                        n.index,
+                        n.restarts + 1,
+                        n.dir.join("node.log").display(),
+                        log_tail(&n.dir)
+                    ));
+                    continue;
+                }
+                n.restarts += 1;
+                let _ = multi.println(format!(
+                    "node {} exited ({status}); restarting it (restart {})",
+                    n.index, n.restarts
                 ));
+                match spawn_child(&n.dir, &n.args) {
+                    Ok(c) => n.child = c,
+                    Err(e) => early_exit = Some(format!("cannot restart node {}: {e:#}", n.index)),
+                }
             }
         }
         if early_exit.is_some() {
@@ -374,6 +412,7 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
                 "peer_id": n.peer_id,
                 "api": n.api,
                 "connected_peers": s["connected_peers"].as_u64(),
+                "restarts": n.restarts,
             })
         })
         .collect();
@@ -481,10 +520,14 @@ async fn ledger_summary(nodes: &[Child_], byzantine: &[String], jobs: Option<&Va
     }
     // Roots agree where heights agree: ask every node, compare those at node 0's height.
     let mut roots = std::collections::BTreeMap::new();
+    let mut heights = Vec::with_capacity(nodes.len());
     for n in nodes {
-        if let Ok(api) = Api::new(&n.api)
-            && let Ok(s) = api.get_json("/v1/ledger/status").await
-        {
+        let s = match Api::new(&n.api) {
+            Ok(api) => api.get_json("/v1/ledger/status").await.ok(),
+            Err(_) => None,
+        };
+        heights.push(s.as_ref().and_then(|s| s["height"].as_u64()));
+        if let Some(s) = s {
             roots
                 .entry(s["height"].as_u64().unwrap_or(0))
                 .or_insert_with(std::collections::BTreeSet::new)
@@ -527,5 +570,6 @@ async fn ledger_summary(nodes: &[Child_], byzantine: &[String], jobs: Option<&Va
         "honest_payments": payments,
         "honest_paid_exactly_their_bid": exact && payments > 0,
         "state_roots_agree": roots_agree,
+        "heights": heights,
     })
 }

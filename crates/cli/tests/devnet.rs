@@ -93,3 +93,83 @@ fn slow_scenario_devnet_ledger_pays_honest_workers_and_slashes_the_byzantine() {
     assert_eq!(byz["slashed"], true, "{v}");
     assert!(l["slashed"].as_u64().unwrap() > 0, "{v}");
 }
+
+/// The pid of the `agora node` process whose data directory is `dir`.
+fn node_pid(dir: &str) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(bytes) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&bytes).replace('\0', " ");
+            if text.contains(" node ") && text.contains(&format!("--data-dir={dir} ")) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn slow_scenario_devnet_validator_killed_chain_goes_on_and_it_resyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("devnet");
+    let child = Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args([
+            "devnet",
+            "--nodes",
+            "5",
+            "--duration",
+            "30",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(&base)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Validator 3 is SIGKILLed once the chain runs; the devnet restarts it.
+    let victim = base.join("node-3");
+    let victim = victim.to_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut killed = false;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let blocks = std::fs::read_to_string(base.join("node-3/node.log"))
+            .unwrap_or_default()
+            .matches("committed")
+            .count();
+        if blocks >= 5
+            && let Some(pid) = node_pid(victim)
+        {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            killed = true;
+            break;
+        }
+    }
+    assert!(killed, "validator 3 never reached 5 blocks");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "devnet failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["nodes"][3]["restarts"], 1, "{v}");
+    let l = &v["ledger"];
+    assert_eq!(l["state_roots_agree"], true, "{v}");
+    assert_eq!(l["supply_conserved"], true, "{v}");
+    let heights: Vec<u64> = l["heights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_u64().unwrap())
+        .collect();
+    let top = *heights.iter().max().unwrap();
+    // The restarted validator caught up: within a few blocks of the others at the end.
+    assert!(heights[3] + 5 >= top, "heights {heights:?}");
+    assert!(top >= 10, "heights {heights:?}");
+}
