@@ -111,7 +111,7 @@ pub fn run(c: WalletCommand) -> Result<ExitCode> {
                 if let Some(o) = ev.as_object_mut() {
                     o.remove("event");
                 }
-                outln!("{:>8}  {kind} {ev}", e["height"]);
+                outln!("{:>8}  {kind} {ev}", e["height"].as_u64().unwrap_or(0));
             }
             outln!("{} events", events.len());
             Ok(ExitCode::SUCCESS)

@@ -24,9 +24,36 @@ pub const MAX_EVIDENCE: usize = 64;
 /// The largest encoded block payload accepted.
 pub const MAX_BLOCK_BYTES: usize = 4 * 1024 * 1024;
 
-/// An account: a 32-byte Ed25519 public key.
-#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// An account: a 32-byte Ed25519 public key. Binary formats carry the 32 bytes; human-readable
+/// ones (JSON) the peer id, as people know it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AccountId(pub [u8; 32]);
+
+impl Serialize for AccountId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            let peer: PeerId = text
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a peer id")))?;
+            AccountId::from_peer_id(&peer).ok_or_else(|| {
+                serde::de::Error::custom(format!("{text} is not an Ed25519 peer id"))
+            })
+        } else {
+            <[u8; 32]>::deserialize(d).map(AccountId)
+        }
+    }
+}
 
 impl AccountId {
     /// The peer id of the node that owns this account.
@@ -289,6 +316,18 @@ mod tests {
         assert_eq!(acct.0, sign::ed25519_public(&kp).unwrap());
         assert_eq!(acct.peer_id().unwrap(), peer);
         assert_eq!(acct.to_string(), peer.to_string());
+    }
+
+    #[test]
+    fn account_is_a_peer_id_in_json_and_bytes_on_the_wire() {
+        let kp = Keypair::generate_ed25519();
+        let acct = AccountId::from_peer_id(&kp.public().to_peer_id()).unwrap();
+        let json = serde_json::to_string(&acct).unwrap();
+        assert_eq!(json, format!("\"{}\"", kp.public().to_peer_id()));
+        assert_eq!(serde_json::from_str::<AccountId>(&json).unwrap(), acct);
+        let bin = codec::encode(&acct).unwrap();
+        assert_eq!(bin.len(), 32);
+        assert_eq!(codec::decode::<AccountId>(&bin, 64).unwrap(), acct);
     }
 
     #[test]
