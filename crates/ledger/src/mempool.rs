@@ -58,9 +58,16 @@ impl Mempool {
         self.len == 0
     }
 
-    /// Adds a transaction after the ledger's pre-checks (chain, signature, nonce not used).
+    /// Adds a transaction after the ledger's pre-checks (chain, nonce not used, signature).
     pub fn insert(&mut self, tx: SignedTx, ledger: &Ledger) -> Result<(), MempoolError> {
         ledger.precheck(&tx)?;
+        self.insert_verified(tx, ledger)
+    }
+
+    /// Adds a transaction whose signature the caller has verified (outside any lock), after the
+    /// ledger's other pre-checks.
+    pub fn insert_verified(&mut self, tx: SignedTx, ledger: &Ledger) -> Result<(), MempoolError> {
+        ledger.precheck_stateful(&tx)?;
         let sender = AccountId(tx.signer);
         let nonce = tx.payload.nonce;
         let queue = self.by_sender.get(&sender);
@@ -128,6 +135,14 @@ impl Mempool {
             !queue.is_empty()
         });
         self.len = len;
+    }
+
+    /// Whether this exact signed transaction waits here (and so was verified on the way in).
+    pub fn contains(&self, tx: &SignedTx) -> bool {
+        self.by_sender
+            .get(&AccountId(tx.signer))
+            .and_then(|q| q.get(&tx.payload.nonce))
+            .is_some_and(|t| t == tx)
     }
 
     /// The highest waiting nonce of `sender`, if any.

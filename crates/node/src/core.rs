@@ -434,10 +434,12 @@ impl Core {
                 }
             }
             GossipMessage::Tx(tx) => {
+                // The network task verified the signature before delivering it (gossip
+                // validation); only the ledger's stateful checks remain, under the lock.
                 if let Some(ledger) = &self.ledger {
                     let mut st = ledger.lock();
                     let st = &mut *st;
-                    if let Err(e) = st.mempool.insert(tx, &st.ledger) {
+                    if let Err(e) = st.mempool.insert_verified(tx, &st.ledger) {
                         debug!(error = %e, "transaction not taken into the mempool");
                     }
                 }

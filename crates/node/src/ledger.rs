@@ -204,8 +204,14 @@ impl Application for LedgerApp {
                 txs: vec![],
             }
         };
-        let mut st = self.ledger.lock();
-        let receipt = match st.ledger.apply_block(&block) {
+        let mut guard = self.ledger.lock();
+        let st = &mut *guard;
+        // Transactions that came through our mempool were verified on the way in.
+        let mempool = &st.mempool;
+        let receipt = match st
+            .ledger
+            .apply_block_with(&block, |tx| mempool.contains(tx))
+        {
             Ok(r) => r,
             Err(e) => {
                 // Only possible if the chain skipped a height: a bug, and loud.
@@ -242,7 +248,7 @@ impl Application for LedgerApp {
         }
         st.receipts.push_back(receipt);
         let root = st.state_root.0;
-        drop(st);
+        drop(guard);
         let _ = self.notify.try_send(height);
         root
     }
