@@ -7,18 +7,29 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn processes_mentioning(needle: &str) -> Vec<String> {
+/// Every `agora node` process: its pid and command line.
+fn node_processes() -> Vec<(i32, String)> {
     let mut out = vec![];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmdline = entry.path().join("cmdline");
-        if let Ok(bytes) = std::fs::read(&cmdline) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(bytes) = std::fs::read(entry.path().join("cmdline")) {
             let text = String::from_utf8_lossy(&bytes).replace('\0', " ");
-            if text.contains(needle) && text.contains(" node ") {
-                out.push(text);
+            if text.contains(" node ") {
+                out.push((pid, text));
             }
         }
     }
     out
+}
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    node_processes()
+        .into_iter()
+        .filter(|(_, text)| text.contains(needle))
+        .map(|(_, text)| text)
+        .collect()
 }
 
 #[test]
@@ -96,18 +107,11 @@ fn slow_scenario_devnet_ledger_pays_honest_workers_and_slashes_the_byzantine() {
 
 /// The pid of the `agora node` process whose data directory is `dir`.
 fn node_pid(dir: &str) -> Option<i32> {
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(bytes) = std::fs::read(entry.path().join("cmdline")) {
-            let text = String::from_utf8_lossy(&bytes).replace('\0', " ");
-            if text.contains(" node ") && text.contains(&format!("--data-dir={dir} ")) {
-                return Some(pid);
-            }
-        }
-    }
-    None
+    let flag = format!("--data-dir={dir} ");
+    node_processes()
+        .into_iter()
+        .find(|(_, text)| text.contains(&flag))
+        .map(|(pid, _)| pid)
 }
 
 #[test]
