@@ -26,8 +26,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-/// How many block receipts are kept in memory for the API.
+/// How many block receipts are kept in memory for the API and the core: at most this many
+/// blocks, and at most [`TX_RECEIPTS_KEPT`] transaction receipts in all (full blocks are big).
 const RECEIPTS_KEPT: usize = 2_048;
+const TX_RECEIPTS_KEPT: usize = 100_000;
 /// How many events concerning this node's account are kept for `wallet history`.
 const HISTORY_KEPT: usize = 10_000;
 /// The most transactions waiting, in all and from one sender.
@@ -41,6 +43,8 @@ pub(crate) struct LedgerState {
     pub ledger: Ledger,
     pub mempool: Mempool,
     pub receipts: VecDeque<BlockReceipt>,
+    /// Transaction receipts held in `receipts`.
+    pub tx_receipts: usize,
     pub history: VecDeque<(u64, Event)>,
     pub state_root: Hash,
 }
@@ -61,6 +65,7 @@ impl LedgerRef {
                 ledger,
                 mempool: Mempool::new(MEMPOOL_CAPACITY, MEMPOOL_PER_SENDER),
                 receipts: VecDeque::new(),
+                tx_receipts: 0,
                 history: VecDeque::new(),
                 state_root,
             })),
@@ -243,10 +248,15 @@ impl Application for LedgerApp {
             info!(height, txs = receipt.receipts.len(), "block applied");
         }
         st.state_root = receipt.state_root;
-        if st.receipts.len() >= RECEIPTS_KEPT {
-            st.receipts.pop_front();
-        }
+        st.tx_receipts += receipt.receipts.len();
         st.receipts.push_back(receipt);
+        while st.receipts.len() > 1
+            && (st.receipts.len() > RECEIPTS_KEPT || st.tx_receipts > TX_RECEIPTS_KEPT)
+        {
+            if let Some(old) = st.receipts.pop_front() {
+                st.tx_receipts -= old.receipts.len();
+            }
+        }
         let root = st.state_root.0;
         drop(guard);
         let _ = self.notify.try_send(height);
