@@ -42,8 +42,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use agora_chain::{Application, ChainConfig, ChainHandle, Validator};
-use agora_ledger::{Block, Genesis, GenesisAccount, Ledger, Mempool, Params, SignedTx, Tx, TxKind};
-use agora_types::ledger::{AccountId, MAX_BLOCK_BYTES};
+use agora_ledger::{
+    Block, Genesis, GenesisAccount, Ledger, Mempool, PROPOSAL_BUDGET_BYTES, Params, SignedTx, Tx,
+    TxKind,
+};
+use agora_types::ledger::AccountId;
 use agora_types::sign::Signed;
 use agora_types::{Keypair, codec, now_ms};
 use anyhow::{Context, bail};
@@ -60,7 +63,6 @@ const MAX_BLOCK_TXS: usize = 10_000;
 /// Blocks' worth of transactions that may be released but not yet finalized.
 const MAX_OUTSTANDING_BLOCKS: usize = 2;
 /// Leave room under the block size cap for the block's own fields (as the node does).
-const BLOCK_BUDGET: usize = MAX_BLOCK_BYTES - 64 * 1024;
 const GOAL_TX_PER_S: f64 = 5_000.0;
 
 struct Sizes {
@@ -146,18 +148,10 @@ impl Application for BenchApp {
     fn propose(&mut self, height: u64) -> Vec<u8> {
         let st = self.lock();
         let max = st.ledger.params().max_block_txs;
-        let mut txs = st.mempool.take(&st.ledger, max);
+        let txs = st
+            .mempool
+            .take_within(&st.ledger, max, PROPOSAL_BUDGET_BYTES);
         drop(st);
-        let mut size: usize = 0;
-        let mut keep = 0;
-        for tx in &txs {
-            size += codec::encode(tx).map_or(usize::MAX / 2, |b| b.len());
-            if size > BLOCK_BUDGET {
-                break;
-            }
-            keep += 1;
-        }
-        txs.truncate(keep);
         let block = Block {
             height,
             time_ms: now_ms(),

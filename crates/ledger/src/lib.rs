@@ -41,7 +41,7 @@ pub use agora_types::ledger::{
     AccountId, Block, Evidence, Offence, OffenceReport, SignedTx, Tx, TxKind,
 };
 pub use genesis::{Genesis, GenesisAccount, GenesisError, Params};
-pub use mempool::{Mempool, MempoolError};
+pub use mempool::{Mempool, MempoolError, PROPOSAL_BUDGET_BYTES};
 pub use state::{
     Account, BlockError, BlockReceipt, Escrow, Event, Ledger, Receipt, Totals, TxError, Unbonding,
 };

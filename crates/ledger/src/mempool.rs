@@ -6,9 +6,14 @@
 
 use std::collections::BTreeMap;
 
-use agora_types::ledger::{AccountId, SignedTx};
+use agora_types::codec;
+use agora_types::ledger::{AccountId, MAX_BLOCK_BYTES, SignedTx};
 
 use crate::state::{Ledger, TxError};
+
+/// The most transaction bytes a proposed block carries: the block size cap, less room for the
+/// block's own fields.
+pub const PROPOSAL_BUDGET_BYTES: usize = MAX_BLOCK_BYTES - 64 * 1024;
 
 /// Why a transaction was not taken into the mempool.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -123,6 +128,23 @@ impl Mempool {
         // Within a block, each sender's transactions must keep nonce order: a stable sort by
         // depth kept that; nothing else to do.
         out
+    }
+
+    /// [`Mempool::take`], cut where the encoded transactions would pass `max_bytes`: the block a
+    /// proposer builds. Cutting the round-robin order from its end keeps each sender's run a
+    /// prefix, so nonces stay contiguous.
+    pub fn take_within(&self, ledger: &Ledger, max: usize, max_bytes: usize) -> Vec<SignedTx> {
+        let mut txs = self.take(ledger, max);
+        let mut size: usize = 0;
+        let keep = txs
+            .iter()
+            .take_while(|tx| {
+                size = size.saturating_add(codec::encode(tx).map_or(usize::MAX, |b| b.len()));
+                size <= max_bytes
+            })
+            .count();
+        txs.truncate(keep);
+        txs
     }
 
     /// Drops transactions whose nonce the ledger has used up.

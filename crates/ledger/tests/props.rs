@@ -671,3 +671,20 @@ fn genesis_errors_name_the_field() {
     assert_eq!(Genesis::from_json(&text).unwrap(), genesis());
     assert!(Genesis::from_json("{\"chain_id\":\"x\",\"accounts\":[],\"bogus\":1}").is_err());
 }
+
+#[test]
+fn a_proposal_stays_within_its_byte_budget() {
+    let l = fresh();
+    let mut m = Mempool::new(100, 100);
+    for n in 0..10 {
+        m.insert(sign_tx(1, n, TxKind::Burn { amount: 1 }), &l)
+            .unwrap();
+    }
+    let one = agora_types::codec::encode(&m.take(&l, 1)[0]).unwrap().len();
+    let cut = m.take_within(&l, 100, one * 3 + 1);
+    assert_eq!(
+        cut.iter().map(|t| t.payload.nonce).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(m.take_within(&l, 100, usize::MAX).len(), 10);
+}

@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use agora_chain::{Application, Validator};
 use agora_ledger::{
-    AccountId, Block, BlockReceipt, Event, Ledger, Mempool, MempoolError, SignedTx, Tx, TxKind,
+    AccountId, Block, BlockReceipt, Event, Ledger, Mempool, MempoolError, PROPOSAL_BUDGET_BYTES,
+    SignedTx, Tx, TxKind,
 };
-use agora_types::ledger::MAX_BLOCK_BYTES;
 use agora_types::sign::Signed;
 use agora_types::{Hash, Keypair, codec, now_ms};
 use serde::Serialize;
@@ -35,8 +35,6 @@ const HISTORY_KEPT: usize = 10_000;
 /// The most transactions waiting, in all and from one sender.
 const MEMPOOL_CAPACITY: usize = 50_000;
 const MEMPOOL_PER_SENDER: usize = 1_024;
-/// Leave room under the block size cap for the block's own fields.
-const BLOCK_BUDGET: usize = MAX_BLOCK_BYTES - 64 * 1024;
 
 /// The state shared by the chain, the core and the API.
 pub(crate) struct LedgerState {
@@ -150,20 +148,10 @@ impl Application for LedgerApp {
     fn propose(&mut self, height: u64) -> Vec<u8> {
         let st = self.ledger.lock();
         let max = st.ledger.params().max_block_txs;
-        let mut txs = st.mempool.take(&st.ledger, max);
+        let txs = st
+            .mempool
+            .take_within(&st.ledger, max, PROPOSAL_BUDGET_BYTES);
         drop(st);
-        // Keep the block under the size cap: drop from the end (each sender's run stays a
-        // prefix, so nonces stay contiguous).
-        let mut size: usize = 0;
-        let mut keep = 0;
-        for tx in &txs {
-            size += codec::encode(tx).map_or(usize::MAX / 2, |b| b.len());
-            if size > BLOCK_BUDGET {
-                break;
-            }
-            keep += 1;
-        }
-        txs.truncate(keep);
         let block = Block {
             height,
             time_ms: now_ms(),
