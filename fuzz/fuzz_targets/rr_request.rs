@@ -26,10 +26,16 @@ fuzz_target!(|data: &[u8]| {
             let _ = lease.job.payload.validate(&SpecBounds::default());
             let _ = job_id(&lease.job);
         }
-        Request::Result { result, output } => {
+        Request::Result {
+            result,
+            output,
+            stderr,
+        } => {
             check_signed(result);
             check_result(&result.payload, output);
+            assert!(stderr.len() <= data.len());
         }
+        Request::Heartbeat(h) => check_signed(h),
         Request::Cancel(id) => {
             let _ = id.to_hex();
         }

@@ -7,7 +7,10 @@
 //! - `GET /v1/jobs/{id}/output` -> the verified output bytes
 //! - `POST /v1/jobs/{id}/cancel`
 
-use agora_node::{JobRecord, NodeHandle, OutputError, SubmitError, SubmitRequest};
+use agora_api_types::{
+    BlobStored, ErrorBody, JobCancelled, JobCreated, JobSummary, JobView, SubmitRequest,
+};
+use agora_node::{NodeHandle, OutputError, SubmitError};
 use agora_types::Hash;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -15,9 +18,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{Value, json};
 
-use crate::ApiError;
+use crate::{ApiError, convert};
 
 pub(crate) fn routes() -> Router<NodeHandle> {
     Router::new()
@@ -32,52 +34,86 @@ fn parse_id(id: &str) -> Result<Hash, ApiError> {
     id.parse().map_err(ApiError::bad_request)
 }
 
-/// Why a job is where it is, in one sentence (or null).
-pub fn reason(r: &JobRecord) -> Option<String> {
-    match (&r.fail_reason, &r.waiting) {
-        (Some(f), _) => Some(f.to_string()),
-        (None, Some(w)) if !r.state.is_final() => Some(w.to_string()),
-        _ => None,
-    }
-}
-
-fn summary(r: &JobRecord) -> Value {
-    let latency_ms = r.finished_ms.map(|f| f.saturating_sub(r.created_ms));
-    let output_hash = match &r.outcome {
-        Some(agora_types::job::Outcome::Completed { output_hash, .. }) => {
-            Some(output_hash.to_hex())
-        }
-        _ => None,
-    };
-    json!({
-        "id": r.id,
-        "state": r.state.to_string(),
-        "reason": reason(r),
-        "redundancy": r.redundancy(),
-        "bids": r.bids.len(),
-        "results": r.results.len(),
-        "workers": r.quorum,
-        "output_hash": output_hash,
-        "created_ms": r.created_ms,
-        "finished_ms": r.finished_ms,
-        "latency_ms": latency_ms,
+fn parse_hash(field: &str, hash: &str) -> Result<Hash, ApiError> {
+    hash.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid job spec: `{field}` = {hash:?} is not a blob hash ({e}); upload the blob \
+             with POST /v1/blobs and use the `hash` it answers"
+        ))
     })
 }
 
+/// The node's request from the API's: hashes parsed, every omitted field left to the node's
+/// defaults ([`agora_api_types::defaults`]).
+fn node_request(req: SubmitRequest) -> Result<agora_node::SubmitRequest, ApiError> {
+    Ok(agora_node::SubmitRequest {
+        module: parse_hash("module", &req.module)?,
+        input: req
+            .input
+            .as_deref()
+            .map(|i| parse_hash("input", i))
+            .transpose()?,
+        args: req.args,
+        redundancy: req.redundancy,
+        max_price: req.max_price,
+        fuel: req.fuel,
+        memory_bytes: req.memory_bytes,
+        wall_time_ms: req.wall_time_ms,
+        capabilities: req.capabilities,
+        deadline_secs: req.deadline_secs,
+    })
+}
+
+/// Stores a blob (a module or an input) and answers its hash.
+#[utoipa::path(
+    post,
+    path = "/v1/blobs",
+    operation_id = "put_blob",
+    tag = "jobs",
+    request_body(content = [u8], content_type = "application/octet-stream",
+        description = "The blob's bytes (at most 64 MiB)"),
+    responses(
+        (status = 201, description = "Stored", body = BlobStored),
+        (status = 413, description = "Too large", body = ErrorBody),
+        (status = 500, description = "The node could not store it", body = ErrorBody),
+        (status = 503, description = "Busy: too many uploads at once; retry", body = ErrorBody),
+    )
+)]
 async fn put_blob(
     State(node): State<NodeHandle>,
-    body: Bytes,
+    axum::Extension(uploads): axum::Extension<crate::uploads::Uploads>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let size = body.len();
-    let hash = node
-        .put_blob(body.to_vec())
-        .await
-        .map_err(ApiError::internal)?;
+    // Bounded and streamed to disk (crate::uploads), never held whole in memory.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let (hash, size) = crate::uploads::receive(&node, &uploads, declared, body).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"hash": hash, "size": size})),
+        Json(BlobStored {
+            hash: hash.to_hex(),
+            size,
+        }),
     ))
 }
+
+/// Submits a job whose module (and input) were uploaded before.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    operation_id = "submit_job",
+    tag = "jobs",
+    request_body = SubmitRequest,
+    responses(
+        (status = 201, description = "Submitted", body = JobCreated),
+        (status = 400, description = "The spec is invalid", body = ErrorBody),
+        (status = 404, description = "The module or input is not on this node", body = ErrorBody),
+        (status = 402, description = "The balance does not cover the escrow", body = ErrorBody),
+        (status = 500, description = "The node failed", body = ErrorBody),
+    )
+)]
 
 async fn submit(
     State(node): State<NodeHandle>,
@@ -85,23 +121,46 @@ async fn submit(
 ) -> Result<impl IntoResponse, ApiError> {
     let req: SubmitRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid job spec: {e}")))?;
-    match node.submit(req).await {
-        Ok(id) => Ok((StatusCode::CREATED, Json(json!({"id": id})))),
+    match node.submit(node_request(req)?).await {
+        Ok(id) => Ok((StatusCode::CREATED, Json(JobCreated { id: id.to_hex() }))),
         Err(e @ (SubmitError::ModuleMissing(_) | SubmitError::InputMissing(_))) => {
             Err(ApiError::not_found(e))
         }
         Err(e @ (SubmitError::InvalidModule(_) | SubmitError::Spec(_))) => {
             Err(ApiError::bad_request(e))
         }
+        Err(e @ SubmitError::InsufficientFunds { .. }) => {
+            Err(ApiError(StatusCode::PAYMENT_REQUIRED, e.to_string()))
+        }
         Err(e) => Err(ApiError::internal(e)),
     }
 }
 
-async fn list(State(node): State<NodeHandle>) -> impl IntoResponse {
-    let jobs: Vec<Value> = node.jobs().await.iter().map(summary).collect();
-    Json(jobs)
+/// The jobs this node submitted and still tracks, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    operation_id = "list_jobs",
+    tag = "jobs",
+    responses((status = 200, description = "Newest first", body = Vec<JobSummary>))
+)]
+async fn list(State(node): State<NodeHandle>) -> Json<Vec<JobSummary>> {
+    Json(node.jobs().await.iter().map(convert::summary).collect())
 }
 
+/// One job: its state, why it waits or failed, its bids, leases, results and timeline.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    operation_id = "show_job",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (64 hex characters)")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "Not a job id", body = ErrorBody),
+        (status = 404, description = "No such job on this node", body = ErrorBody),
+    )
+)]
 async fn show(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
@@ -111,14 +170,23 @@ async fn show(
         .job(id)
         .await
         .ok_or_else(|| ApiError::not_found(format!("no job {id} on this node")))?;
-    let mut v = serde_json::to_value(&r).map_err(ApiError::internal)?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("reason".into(), json!(reason(&r)));
-        o.insert("summary".into(), summary(&r));
-    }
-    Ok(Json(v))
+    Ok(Json(convert::job(&r)))
 }
 
+/// A verified job's output (its program's stdout).
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/output",
+    operation_id = "job_output",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The output's bytes", body = [u8],
+            content_type = "application/octet-stream"),
+        (status = 404, description = "No such job on this node", body = ErrorBody),
+        (status = 409, description = "The job has no verified output (yet)", body = ErrorBody),
+    )
+)]
 async fn output(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
@@ -132,13 +200,27 @@ async fn output(
     }
 }
 
+/// Cancels a job.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    operation_id = "cancel_job",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Cancelled", body = JobCancelled),
+        (status = 404, description = "No such job on this node", body = ErrorBody),
+    )
+)]
 async fn cancel(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
     if node.cancel(id).await {
-        Ok(Json(json!({"cancelled": id})))
+        Ok(Json(JobCancelled {
+            cancelled: id.to_hex(),
+        }))
     } else {
         Err(ApiError::not_found(format!("no job {id} on this node")))
     }

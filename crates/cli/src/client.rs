@@ -1,79 +1,35 @@
-//! `agora status` and `agora peers`: read a running node's HTTP API.
+//! `agora status` and `agora peers`, and the typed API client every command uses
+//! ([`connect`]: [`agora_api_types::Client`] with the node's token).
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use anyhow::{Context, Result};
 
 use crate::cmd::ClientArgs;
 
-/// A small blocking-free HTTP client bound to one node's API.
-pub struct Api {
-    base: String,
-    http: reqwest::Client,
+/// How to find the token, when `e` is a node's 401 answer (a request that needs the token was
+/// sent without it, or with a stale one).
+pub fn token_hint(e: &anyhow::Error) -> Option<String> {
+    match e.downcast_ref::<agora_api_types::ClientError>()? {
+        agora_api_types::ClientError::Api { base, status, .. }
+            if *status == reqwest::StatusCode::UNAUTHORIZED =>
+        {
+            Some(crate::token::hint(base))
+        }
+        _ => None,
+    }
 }
 
-impl Api {
-    pub fn new(api: &str) -> Result<Api> {
-        let base = if api.starts_with("http://") || api.starts_with("https://") {
-            api.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{api}")
-        };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("cannot build the HTTP client")?;
-        Ok(Api { base, http })
-    }
+/// A typed client for the node at `api`, with its API token found as [`crate::token::find`]
+/// says (`AGORA_API_TOKEN`, then the token files the node wrote on this machine).
+pub fn connect(api: &str) -> Result<agora_api_types::Client> {
+    connect_with(api, None)
+}
 
-    async fn check(&self, r: reqwest::Response) -> Result<reqwest::Response> {
-        if r.status().is_success() {
-            return Ok(r);
-        }
-        let status = r.status();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        let msg = body["error"].as_str().unwrap_or("no details").to_string();
-        bail!("{} answered {status}: {msg}", self.base)
-    }
-
-    fn unreachable(&self) -> String {
-        format!(
-            "cannot reach the node at {}; is `agora node` running? (set --api)",
-            self.base
-        )
-    }
-
-    /// Sends a request and checks its status, saying how to fix an unreachable node.
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let r = req.send().await.with_context(|| self.unreachable())?;
-        self.check(r).await
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
-        let r = self.send(self.http.get(self.url(path))).await?;
-        Ok(r.bytes().await?.to_vec())
-    }
-
-    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<Value> {
-        let r = self.send(self.http.post(self.url(path)).body(body)).await?;
-        Ok(r.json().await?)
-    }
-
-    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
-        let r = self.send(self.http.post(self.url(path)).json(body)).await?;
-        Ok(r.json().await?)
-    }
-
-    pub async fn get_json(&self, path: &str) -> Result<Value> {
-        let r = self.send(self.http.get(self.url(path))).await?;
-        Ok(r.json().await?)
-    }
+/// Like [`connect`], with `token` (a `--token` flag) first when given.
+pub fn connect_with(api: &str, token: Option<&str>) -> Result<agora_api_types::Client> {
+    agora_api_types::Client::new(api, crate::token::find(api, token))
+        .with_context(|| format!("--api {api:?} is not HOST:PORT or an http(s) URL"))
 }
 
 pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -84,43 +40,42 @@ pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T>
 }
 
 pub fn status(a: &ClientArgs) -> Result<ExitCode> {
-    let api = Api::new(&a.api)?;
-    let s = block_on(api.get_json("/v1/status"))?;
+    let api = connect_with(&a.api, a.token.as_deref())?;
+    let s = block_on(async { Ok(api.status().await?) })?;
     if a.json {
-        outln!("{s}");
+        outln!("{}", serde_json::to_string(&s)?);
     } else {
-        outln!("peer id      {}", s["peer_id"].as_str().unwrap_or("?"));
-        outln!("version      {}", s["version"].as_str().unwrap_or("?"));
-        outln!("uptime       {} s", s["uptime_secs"]);
-        outln!("peers        {}", s["connected_peers"]);
-        outln!("routing      {} entries", s["routing_table_size"]);
-        for a in s["listen_addresses"].as_array().into_iter().flatten() {
-            outln!("listening    {}", a.as_str().unwrap_or("?"));
+        outln!("peer id      {}", s.peer_id);
+        outln!("version      {}", s.version);
+        outln!("uptime       {} s", s.uptime_secs);
+        outln!("peers        {}", s.connected_peers);
+        outln!("routing      {} entries", s.routing_table_size);
+        for a in &s.listen_addresses {
+            outln!("listening    {a}");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn peers(a: &ClientArgs) -> Result<ExitCode> {
-    let api = Api::new(&a.api)?;
-    let p = block_on(api.get_json("/v1/peers"))?;
+    let api = connect_with(&a.api, a.token.as_deref())?;
+    let list = block_on(async { Ok(api.peers().await?) })?;
     if a.json {
-        outln!("{p}");
+        outln!("{}", serde_json::to_string(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let list = p.as_array().cloned().unwrap_or_default();
     outln!("{:<54} {:>8} {:<16} ADDRESS", "PEER", "RTT", "AGENT");
     for peer in &list {
-        let rtt = peer["rtt_ms"]
-            .as_f64()
+        let rtt = peer
+            .rtt_ms
             .map(|r| format!("{r:.1}ms"))
             .unwrap_or_else(|| "-".into());
         outln!(
             "{:<54} {:>8} {:<16} {}",
-            peer["peer_id"].as_str().unwrap_or("?"),
+            peer.peer_id,
             rtt,
-            peer["agent"].as_str().unwrap_or("-"),
-            peer["addresses"][0].as_str().unwrap_or("-"),
+            peer.agent.as_deref().unwrap_or("-"),
+            peer.addresses.first().map_or("-", String::as_str),
         );
     }
     outln!("{} peers", list.len());

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{bench, client, devnet, job, run_node, wallet};
+use crate::{bench, client, dashboard, devnet, job, run_node, wallet};
 
 /// Agora: a peer-to-peer compute network. Every node is worker and coordinator at once.
 ///
@@ -44,6 +44,17 @@ pub enum Command {
     /// Run a benchmark in this process and print its JSON report, each figure beside a baseline
     /// measured in the same run.
     Bench(bench::BenchArgs),
+    /// The HTTP API's contract: `agora api openapi` prints its OpenAPI 3.1 document.
+    #[command(subcommand)]
+    Api(ApiCommand),
+    /// Print the link to a node's web dashboard, with its API token (--open: open it too).
+    Dashboard(dashboard::DashboardArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApiCommand {
+    /// Print the OpenAPI 3.1 document of the HTTP API (what `GET /v1/openapi.json` serves).
+    Openapi,
 }
 
 #[derive(Args, Debug)]
@@ -64,6 +75,9 @@ pub struct ClientArgs {
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The node's API token [default: read from the token file the node wrote on this machine].
+    #[arg(long, env = "AGORA_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Flags of `agora node`. Each may also come from an `AGORA_*` variable or the TOML file given
@@ -152,6 +166,11 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Wallet(c) => wallet::run(c),
         Command::Genesis(a) => wallet::genesis(a),
         Command::Bench(a) => bench::run(a),
+        Command::Api(ApiCommand::Openapi) => {
+            outln!("{}", agora_api::openapi::json());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dashboard(a) => dashboard::run(a),
     }
 }
 

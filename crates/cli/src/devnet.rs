@@ -14,13 +14,14 @@ use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agora_api_types::{HistoryQuery, LedgerEvent, LedgerStatus, NodeStatus};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::client::Api;
+use crate::client::connect;
 use crate::jobs;
 
 #[derive(Args, Debug)]
@@ -49,7 +50,7 @@ pub struct DevnetArgs {
     #[arg(long, default_value_t = 0)]
     pub byzantine: usize,
     /// Redundancy of the submitted jobs.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = agora_api_types::defaults::REDUNDANCY)]
     pub redundancy: u8,
     /// How many of the nodes (the first ones) validate the ledger; the others follow it.
     #[arg(long, default_value_t = 4)]
@@ -157,7 +158,7 @@ pub(crate) async fn spawn_nodes(
     // Wait for every API to answer.
     let deadline = Instant::now() + Duration::from_secs(30);
     for node in &mut nodes {
-        let api = Api::new(&node.api)?;
+        let api = connect(&node.api)?;
         loop {
             if let Some(status) = node.child.try_wait()? {
                 bail!(
@@ -167,7 +168,7 @@ pub(crate) async fn spawn_nodes(
                     log_tail(&node.dir)
                 );
             }
-            if api.get_json("/v1/status").await.is_ok() {
+            if api.status().await.is_ok() {
                 break;
             }
             if Instant::now() > deadline {
@@ -205,13 +206,13 @@ pub(crate) async fn stop_nodes(nodes: &mut [Child_]) {
     }
 }
 
-/// Each node's status, or `null` where it does not answer.
-pub(crate) async fn statuses(nodes: &[Child_]) -> Vec<Value> {
+/// Each node's status, or `None` where it does not answer.
+pub(crate) async fn statuses(nodes: &[Child_]) -> Vec<Option<NodeStatus>> {
     let mut out = Vec::with_capacity(nodes.len());
     for n in nodes {
-        let s = match Api::new(&n.api) {
-            Ok(api) => api.get_json("/v1/status").await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
+        let s = match connect(&n.api) {
+            Ok(api) => api.status().await.ok(),
+            Err(_) => None,
         };
         out.push(s);
     }
@@ -291,7 +292,7 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let mut job_summary: Option<Value> = None;
+    let mut job_summary: Option<jobs::Summary> = None;
 
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>8} {msg}")
@@ -354,13 +355,11 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
                 "{}  api {}  peers {}/{}  routing {}",
                 n.peer_id,
                 n.api,
-                s["connected_peers"]
-                    .as_u64()
-                    .map_or("?".into(), |v| v.to_string()),
+                s.as_ref()
+                    .map_or("?".into(), |s| s.connected_peers.to_string()),
                 nodes.len() - 1,
-                s["routing_table_size"]
-                    .as_u64()
-                    .map_or("?".into(), |v| v.to_string()),
+                s.as_ref()
+                    .map_or("?".into(), |s| s.routing_table_size.to_string()),
             ));
         }
         let elapsed = started.elapsed().as_secs();
@@ -397,7 +396,8 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
         None
     } else {
         header.set_message("waiting for the ledger to settle verified jobs");
-        Some(ledger_summary(&nodes, &byzantine_ids, job_summary.as_ref()).await)
+        let verified = job_summary.as_ref().map_or(0, |j| j.verified);
+        Some(ledger_summary(&nodes, &byzantine_ids, verified).await)
     };
     let final_statuses = statuses(&nodes).await;
     header.set_message("stopping nodes");
@@ -411,7 +411,7 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
             json!({
                 "peer_id": n.peer_id,
                 "api": n.api,
-                "connected_peers": s["connected_peers"].as_u64(),
+                "connected_peers": s.as_ref().map(|s| s.connected_peers),
                 "restarts": n.restarts,
             })
         })
@@ -419,7 +419,11 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
     for (n, s) in nodes.iter().zip(&final_statuses) {
         eprintln!(
             "node {}  {}  peers {}",
-            n.index, n.peer_id, s["connected_peers"]
+            n.index,
+            n.peer_id,
+            s.as_ref().map_or("? (not answering)".into(), |s| s
+                .connected_peers
+                .to_string())
         );
     }
     if temp && !a.keep && early_exit.is_none() {
@@ -428,26 +432,37 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
         eprintln!("data directories and logs kept in {}", base.display());
     }
     if let Some(j) = &job_summary {
-        eprintln!("jobs: {j}");
+        eprintln!("jobs: {}", serde_json::to_string(j)?);
     }
     if let Some(l) = &ledger_summary {
         eprintln!("ledger: {l}");
     }
     if a.json {
-        let mut out = json!({ "nodes": summary });
-        if let Some(j) = job_summary {
-            out["jobs"] = j;
-            out["byzantine"] = json!(byzantine_ids);
-        }
-        if let Some(l) = ledger_summary {
-            out["ledger"] = l;
-        }
-        outln!("{out}");
+        let byzantine = job_summary.is_some().then_some(byzantine_ids.as_slice());
+        let out = DevnetSummary {
+            nodes: summary,
+            jobs: job_summary,
+            byzantine,
+            ledger: ledger_summary,
+        };
+        outln!("{}", serde_json::to_string(&out)?);
     }
     if let Some(e) = early_exit {
         bail!(e);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The one-line JSON summary `--json` prints at the end.
+#[derive(serde::Serialize)]
+struct DevnetSummary<'a> {
+    nodes: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jobs: Option<jobs::Summary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    byzantine: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger: Option<Value>,
 }
 
 /// Writes the devnet's genesis: every node gets a balance and a worker's stake, the first
@@ -492,19 +507,19 @@ fn write_genesis(base: &Path, n: usize, validators: usize) -> Result<Vec<Vec<Str
 /// The ledger as node 0 sees it, after waiting (up to 20 s) for verified jobs to be settled:
 /// height, validators, whether supply is conserved, totals paid and slashed, whether each
 /// Byzantine worker was slashed, and whether the nodes agree on the state root.
-async fn ledger_summary(nodes: &[Child_], byzantine: &[String], jobs: Option<&Value>) -> Value {
-    let verified = jobs.and_then(|j| j["verified"].as_u64()).unwrap_or(0);
-    let Ok(api) = Api::new(&nodes[0].api) else {
+async fn ledger_summary(nodes: &[Child_], byzantine: &[String], verified: u64) -> Value {
+    let Ok(api) = connect(&nodes[0].api) else {
         return Value::Null;
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut status = Value::Null;
+    let mut status: Option<LedgerStatus> = None;
     loop {
-        if let Ok(s) = api.get_json("/v1/ledger/status").await {
-            status = s;
+        if let Ok(s) = api.ledger_status().await {
+            status = Some(s);
         }
-        let settled = status["settled_jobs"].as_u64().unwrap_or(0);
-        let open = status["open_escrows"].as_u64().unwrap_or(0);
+        let (settled, open) = status
+            .as_ref()
+            .map_or((0, 0), |s| (s.settled_jobs, s.open_escrows));
         if (settled >= verified && open == 0) || Instant::now() > deadline {
             break;
         }
@@ -512,26 +527,25 @@ async fn ledger_summary(nodes: &[Child_], byzantine: &[String], jobs: Option<&Va
     }
     let mut slashed = Vec::new();
     for id in byzantine {
-        let a = api
-            .get_json(&format!("/v1/ledger/accounts/{id}"))
-            .await
-            .unwrap_or(Value::Null);
-        slashed.push(json!({"peer_id": id, "stake": a["stake"], "slashed": a["stake"].as_u64().is_some_and(|s| s < 1_000)}));
+        let stake = api.account(id).await.ok().map(|a| a.stake);
+        slashed.push(
+            json!({"peer_id": id, "stake": stake, "slashed": stake.is_some_and(|s| s < 1_000)}),
+        );
     }
     // Roots agree where heights agree: ask every node, compare those at node 0's height.
     let mut roots = std::collections::BTreeMap::new();
     let mut heights = Vec::with_capacity(nodes.len());
     for n in nodes {
-        let s = match Api::new(&n.api) {
-            Ok(api) => api.get_json("/v1/ledger/status").await.ok(),
+        let s = match connect(&n.api) {
+            Ok(api) => api.ledger_status().await.ok(),
             Err(_) => None,
         };
-        heights.push(s.as_ref().and_then(|s| s["height"].as_u64()));
+        heights.push(s.as_ref().map(|s| s.height));
         if let Some(s) = s {
             roots
-                .entry(s["height"].as_u64().unwrap_or(0))
+                .entry(s.height)
                 .or_insert_with(std::collections::BTreeSet::new)
-                .insert(s["state_root"].as_str().unwrap_or("").to_string());
+                .insert(s.state_root);
         }
     }
     let roots_agree = roots.values().all(|r| r.len() == 1);
@@ -539,33 +553,35 @@ async fn ledger_summary(nodes: &[Child_], byzantine: &[String], jobs: Option<&Va
     let mut payments = 0u64;
     let mut exact = true;
     for n in nodes.iter().filter(|n| !byzantine.contains(&n.peer_id)) {
-        let Ok(api) = Api::new(&n.api) else { continue };
-        let price = api
-            .get_json("/v1/status")
-            .await
-            .ok()
-            .and_then(|s| s["price"].as_u64());
+        let Ok(api) = connect(&n.api) else { continue };
+        let price = api.status().await.ok().map(|s| s.price);
         let history = api
-            .get_json("/v1/wallet/history?limit=10000")
+            .history(&HistoryQuery {
+                limit: Some(10_000),
+            })
             .await
-            .unwrap_or(Value::Null);
-        for e in history["events"].as_array().into_iter().flatten() {
-            if e["event"]["event"] == "paid" {
+            .map(|h| h.events)
+            .unwrap_or_default();
+        for e in &history {
+            if let LedgerEvent::Paid { amount, .. } = e.event {
                 payments += 1;
-                exact &= e["event"]["amount"].as_u64() == price;
+                exact &= Some(amount) == price;
             }
         }
     }
+    let s = status.as_ref();
+    let settled = s.map(|s| s.settled_jobs);
+    let open = s.map(|s| s.open_escrows);
     json!({
-        "height": status["height"],
-        "validators": status["validators"].as_array().map_or(0, |v| v.len()),
-        "supply_conserved": status["supply"]["conserved"],
-        "paid": status["supply"]["paid"],
-        "slashed": status["supply"]["slashed"],
-        "settled_jobs": status["settled_jobs"],
-        "open_escrows": status["open_escrows"],
+        "height": s.map(|s| s.height),
+        "validators": s.map_or(0, |s| s.validators.len()),
+        "supply_conserved": s.map(|s| s.supply.conserved),
+        "paid": s.map(|s| s.supply.paid),
+        "slashed": s.map(|s| s.supply.slashed),
+        "settled_jobs": settled,
+        "open_escrows": open,
         "verified_jobs": verified,
-        "every_verified_job_paid": status["settled_jobs"].as_u64().unwrap_or(0) >= verified && status["open_escrows"].as_u64() == Some(0),
+        "every_verified_job_paid": settled.unwrap_or(0) >= verified && open == Some(0),
         "byzantine_slashed": slashed,
         "honest_payments": payments,
         "honest_paid_exactly_their_bid": exact && payments > 0,

@@ -1,30 +1,55 @@
 //! `agora job`: submit work to a node and follow it.
+//!
+//! Every answer of the node is read through the API's types ([`agora_api_types`]). A job whose
+//! program failed is shown as a failure: its exit code and stderr are printed and the command
+//! exits with [`EXIT_PROGRAM_FAILED`] (the program exited non-zero, trapped or broke a limit) or
+//! [`EXIT_JOB_FAILED`] (the network gave up: deadline, cancelled, no quorum, no workers).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use agora_api_types::{Client, FailReason, JobState, JobView, SubmitRequest, defaults};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::client::Api;
+use crate::client::connect_with;
+use crate::timefmt::{rfc3339, since};
+
+/// The exit code when the job's program failed: it exited non-zero, trapped or broke a limit.
+pub const EXIT_PROGRAM_FAILED: u8 = 3;
+/// The exit code when the job failed otherwise: deadline, cancelled, no quorum, no workers.
+pub const EXIT_JOB_FAILED: u8 = 4;
+
+/// What `--help` says about the exit codes of the commands that report a job's ending.
+const EXIT_CODES: &str = "Exit codes: 0 the job succeeded (or is still running, for `status`); \
+1 the command itself failed (node unreachable, bad flags); 3 the job's program failed: it exited \
+non-zero, trapped or broke a limit (its exit code and stderr are printed); 4 the job failed \
+otherwise: deadline, cancelled, no quorum, no workers.";
 
 #[derive(Subcommand, Debug)]
 pub enum JobCommand {
     /// Upload a WebAssembly module (a WASI command: stdin in, stdout out) and its input, and
     /// submit the job. With --wait, follow it and print its output.
+    #[command(after_help = EXIT_CODES)]
     Submit(SubmitArgs),
-    /// Show a job's state, why it waits or failed, its bids, workers and results.
+    /// Show a job's state, why it waits or failed, its exit code and stderr, its bids, workers,
+    /// results and timeline.
+    #[command(after_help = EXIT_CODES)]
     Status(IdArgs),
     /// Write a verified job's output to stdout or a file.
+    #[command(after_help = EXIT_CODES)]
     Output(OutputArgs),
     /// List the jobs this node submitted.
     List(ListArgs),
-    /// Cancel a job.
+    /// Cancel a job: it is no longer leased, and its escrow returns once the ledger allows.
     Cancel(IdArgs),
+    /// What a job would cost if submitted now (price range and escrow), from the offers the
+    /// node knows; nothing is locked.
+    Estimate(crate::estimate::EstimateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -38,20 +63,23 @@ pub struct SubmitArgs {
     #[arg(long = "arg", allow_hyphen_values = true)]
     pub args: Vec<String>,
     /// How many independent workers must agree on the output (1..=9).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = defaults::REDUNDANCY)]
     pub redundancy: u8,
     /// The most paid to one worker per execution.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = defaults::MAX_PRICE)]
     pub max_price: u64,
     /// Fuel limit (about one unit per instruction).
-    #[arg(long)]
-    pub fuel: Option<u64>,
+    #[arg(long, default_value_t = defaults::FUEL)]
+    pub fuel: u64,
     /// Memory limit in bytes.
-    #[arg(long)]
-    pub memory: Option<u64>,
+    #[arg(long, default_value_t = defaults::MEMORY_BYTES)]
+    pub memory: u64,
     /// Wall-time limit in milliseconds.
-    #[arg(long)]
-    pub wall_time_ms: Option<u64>,
+    #[arg(long, default_value_t = defaults::WALL_TIME_MS)]
+    pub wall_time_ms: u64,
+    /// Seconds until the job is abandoned if no quorum agreed.
+    #[arg(long, default_value_t = defaults::DEADLINE_SECS)]
+    pub deadline_secs: u64,
     /// Wait for the result, show progress and print the output.
     #[arg(long)]
     pub wait: bool,
@@ -61,6 +89,9 @@ pub struct SubmitArgs {
     /// The node's HTTP API.
     #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
     pub api: String,
+    /// The node's API token [default: read from the token file the node wrote on this machine].
+    #[arg(long, env = "AGORA_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -73,6 +104,9 @@ pub struct IdArgs {
     /// The node's HTTP API.
     #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
     pub api: String,
+    /// The node's API token [default: read from the token file the node wrote on this machine].
+    #[arg(long, env = "AGORA_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +119,9 @@ pub struct OutputArgs {
     /// The node's HTTP API.
     #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
     pub api: String,
+    /// The node's API token [default: read from the token file the node wrote on this machine].
+    #[arg(long, env = "AGORA_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -95,6 +132,9 @@ pub struct ListArgs {
     /// The node's HTTP API.
     #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
     pub api: String,
+    /// The node's API token [default: read from the token file the node wrote on this machine].
+    #[arg(long, env = "AGORA_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 pub fn run(cmd: JobCommand) -> Result<ExitCode> {
@@ -107,14 +147,8 @@ pub fn run(cmd: JobCommand) -> Result<ExitCode> {
             JobCommand::Status(a) => status(a).await,
             JobCommand::Output(a) => output(a).await,
             JobCommand::List(a) => list(a).await,
-            JobCommand::Cancel(a) => {
-                let api = Api::new(&a.api)?;
-                let v = api
-                    .post_json(&format!("/v1/jobs/{}/cancel", a.id), &json!({}))
-                    .await?;
-                outln!("{v}");
-                Ok(ExitCode::SUCCESS)
-            }
+            JobCommand::Cancel(a) => cancel(a).await,
+            JobCommand::Estimate(a) => crate::estimate::run(a).await,
         }
     })
 }
@@ -131,23 +165,134 @@ fn read_input(spec: &Option<String>) -> Result<Vec<u8>> {
     }
 }
 
-/// Uploads a module and input and submits the job; returns the job id.
+/// Uploads a module and input and submits `req` with their hashes; returns the job id.
 pub async fn upload_and_submit(
-    api: &Api,
+    api: &Client,
     module: &[u8],
     input: &[u8],
-    spec: Value,
+    mut req: SubmitRequest,
 ) -> Result<String> {
-    let m = api.post_bytes("/v1/blobs", module.to_vec()).await?;
-    let i = api.post_bytes("/v1/blobs", input.to_vec()).await?;
-    let mut spec = spec;
-    spec["module"] = m["hash"].clone();
-    spec["input"] = i["hash"].clone();
-    let r = api.post_json("/v1/jobs", &spec).await?;
-    r["id"]
-        .as_str()
-        .map(str::to_string)
-        .context("the node answered without a job id")
+    let m = api.put_blob(module.to_vec()).await?;
+    let i = api.put_blob(input.to_vec()).await?;
+    req.module = m.hash;
+    req.input = Some(i.hash);
+    Ok(api.submit(&req).await?.id)
+}
+
+/// How a final job ended, as the CLI reports it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Verified, and the program exited 0.
+    Success,
+    /// Verified, but the program exited with this code.
+    ProgramExited(i32),
+    /// The quorum agreed the program broke a limit or trapped.
+    ProgramFailed {
+        /// The stable tag (`fuel`, `trap`, ...).
+        kind: String,
+        /// For people.
+        detail: String,
+    },
+    /// The job failed for another reason (the sentence says which).
+    JobFailed(String),
+    /// Not final yet.
+    Pending,
+}
+
+impl Ending {
+    pub fn of(r: &JobView) -> Ending {
+        match r.state {
+            JobState::Verified => match r.program_exit_code() {
+                Some(code) => Ending::ProgramExited(code),
+                None => Ending::Success,
+            },
+            JobState::Failed => match &r.fail_reason {
+                Some(FailReason::Failed { kind, detail }) => Ending::ProgramFailed {
+                    kind: kind.clone(),
+                    detail: detail.clone(),
+                },
+                _ => Ending::JobFailed(
+                    r.reason
+                        .clone()
+                        .unwrap_or_else(|| "no reason given".to_string()),
+                ),
+            },
+            _ => Ending::Pending,
+        }
+    }
+
+    /// The process exit code for this ending.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Ending::Success | Ending::Pending => ExitCode::SUCCESS,
+            Ending::ProgramExited(_) | Ending::ProgramFailed { .. } => {
+                ExitCode::from(EXIT_PROGRAM_FAILED)
+            }
+            Ending::JobFailed(_) => ExitCode::from(EXIT_JOB_FAILED),
+        }
+    }
+
+    /// The sentence that says what failed, if something did.
+    pub fn message(&self, id: &str) -> Option<String> {
+        match self {
+            Ending::Success | Ending::Pending => None,
+            Ending::ProgramExited(code) => Some(format!(
+                "job {id} is verified, but the job's program exited with code {code}"
+            )),
+            Ending::ProgramFailed { kind, detail } => Some(format!(
+                "job {id} failed: the job's program failed ({kind}) on every agreeing worker: \
+                 {detail}"
+            )),
+            Ending::JobFailed(reason) => Some(format!("job {id} failed: {reason}")),
+        }
+    }
+}
+
+/// The program's stderr as recorded, indented, or a note that there is none.
+fn stderr_block(r: &JobView) -> String {
+    let text = r.stderr.as_deref().filter(|s| !s.is_empty()).or_else(|| {
+        r.results
+            .iter()
+            .find(|x| x.agreed != Some(false) && !x.stderr.is_empty())
+            .map(|x| x.stderr.as_str())
+    });
+    match text {
+        Some(s) => s
+            .lines()
+            .map(|l| format!("  | {l}\n"))
+            .collect::<String>()
+            .trim_end()
+            .to_string(),
+        None => "  (the program wrote nothing to stderr)".to_string(),
+    }
+}
+
+/// Says on stderr how the job ended when it failed, with the program's stderr; returns the
+/// exit code.
+fn report_ending(r: &JobView) -> ExitCode {
+    let ending = Ending::of(r);
+    if let Some(msg) = ending.message(&r.id) {
+        eprintln!("{msg}");
+        if matches!(
+            ending,
+            Ending::ProgramExited(_) | Ending::ProgramFailed { .. }
+        ) {
+            eprintln!("the program's stderr:\n{}", stderr_block(r));
+        }
+    }
+    ending.exit_code()
+}
+
+/// What `job submit --wait --json` prints.
+#[derive(Serialize)]
+struct WaitReport<'a> {
+    id: &'a str,
+    state: JobState,
+    reason: Option<&'a str>,
+    exit_code: Option<i32>,
+    stderr: Option<&'a str>,
+    output: Option<String>,
+    workers: &'a [String],
 }
 
 async fn submit(a: SubmitArgs) -> Result<ExitCode> {
@@ -160,54 +305,57 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode> {
         );
     }
     let input = read_input(&a.input)?;
-    let api = Api::new(&a.api)?;
-    let mut spec = json!({
-        "args": a.args,
-        "redundancy": a.redundancy,
-        "max_price": a.max_price,
-    });
-    if let Some(f) = a.fuel {
-        spec["fuel"] = json!(f);
-    }
-    if let Some(m) = a.memory {
-        spec["memory_bytes"] = json!(m);
-    }
-    if let Some(w) = a.wall_time_ms {
-        spec["wall_time_ms"] = json!(w);
-    }
-    let id = upload_and_submit(&api, &module, &input, spec).await?;
+    let api = connect_with(&a.api, a.token.as_deref())?;
+    let req = SubmitRequest {
+        args: a.args.clone(),
+        redundancy: Some(a.redundancy),
+        max_price: Some(a.max_price),
+        fuel: Some(a.fuel),
+        memory_bytes: Some(a.memory),
+        wall_time_ms: Some(a.wall_time_ms),
+        deadline_secs: Some(a.deadline_secs),
+        ..SubmitRequest::default()
+    };
+    let id = upload_and_submit(&api, &module, &input, req).await?;
     if !a.wait {
         if a.json {
-            outln!("{}", json!({"id": id}));
+            outln!(
+                "{}",
+                serde_json::to_string(&agora_api_types::JobCreated { id })?
+            );
         } else {
             outln!("{id}");
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // The id first, so that a user who stops waiting can still follow or cancel the job.
+    eprintln!("job {id}");
     let record = wait(&api, &id).await?;
-    let state = record["state"].as_str().unwrap_or("?");
-    if state == "verified" {
-        let bytes = api.get_bytes(&format!("/v1/jobs/{id}/output")).await?;
-        if a.json {
-            outln!(
-                "{}",
-                json!({"id": id, "state": state, "output": String::from_utf8_lossy(&bytes), "workers": record["quorum"]})
-            );
-        } else {
-            std::io::stdout().write_all(&bytes)?;
-        }
-        Ok(ExitCode::SUCCESS)
-    } else {
-        let reason = record["reason"].as_str().unwrap_or("no reason given");
-        if a.json {
-            outln!("{}", json!({"id": id, "state": state, "reason": reason}));
-        }
-        bail!("job {id} {state}: {reason}")
+    let output = match record.state {
+        JobState::Verified => Some(api.output(&id).await?),
+        _ => None,
+    };
+    if a.json {
+        let report = WaitReport {
+            id: &id,
+            state: record.state,
+            reason: record.reason.as_deref(),
+            exit_code: record.exit_code(),
+            stderr: record.stderr.as_deref(),
+            output: output
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+            workers: &record.quorum,
+        };
+        outln!("{}", serde_json::to_string(&report)?);
+    } else if let Some(bytes) = &output {
+        std::io::stdout().write_all(bytes)?;
     }
+    Ok(report_ending(&record))
 }
 
 /// Follows a job until it is final, with a spinner that says what it waits for.
-pub async fn wait(api: &Api, id: &str) -> Result<Value> {
+pub async fn wait(api: &Client, id: &str) -> Result<JobView> {
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
@@ -215,19 +363,18 @@ pub async fn wait(api: &Api, id: &str) -> Result<Value> {
     );
     bar.enable_steady_tick(Duration::from_millis(100));
     loop {
-        let r = api.get_json(&format!("/v1/jobs/{id}")).await?;
-        let state = r["state"].as_str().unwrap_or("?").to_string();
-        let s = &r["summary"];
+        let r = api.job(id).await?;
         bar.set_message(format!(
-            "{state}: {} bids, {} results{}",
-            s["bids"],
-            s["results"],
-            r["reason"]
-                .as_str()
+            "{}: {} bids, {} results{}",
+            r.state,
+            r.summary.bids,
+            r.summary.results,
+            r.reason
+                .as_deref()
                 .map(|w| format!(" - {w}"))
                 .unwrap_or_default()
         ));
-        if state == "verified" || state == "failed" {
+        if r.state.is_final() {
             bar.finish_and_clear();
             return Ok(r);
         }
@@ -235,83 +382,145 @@ pub async fn wait(api: &Api, id: &str) -> Result<Value> {
     }
 }
 
-async fn status(a: IdArgs) -> Result<ExitCode> {
-    let api = Api::new(&a.api)?;
-    let r = api.get_json(&format!("/v1/jobs/{}", a.id)).await?;
-    if a.json {
-        outln!("{r}");
-        return Ok(ExitCode::SUCCESS);
+/// Appends `key  value` with the keys aligned.
+fn kv(s: &mut String, k: &str, v: &str) {
+    s.push_str(&format!("{k:<10}{v}\n"));
+}
+
+/// The human-readable view of a job (`agora job status`): instants as RFC 3339 and offsets from
+/// submission, the exit code, and the program's stderr when it failed.
+pub fn render(r: &JobView) -> String {
+    let mut s = String::new();
+    kv(&mut s, "job", &r.id);
+    kv(&mut s, "state", r.state.as_str());
+    if let Some(w) = &r.reason {
+        kv(&mut s, "reason", w);
     }
-    outln!("job      {}", a.id);
-    outln!("state    {}", r["state"].as_str().unwrap_or("?"));
-    if let Some(w) = r["reason"].as_str() {
-        outln!("reason   {w}");
+    kv(&mut s, "submitted", &rfc3339(r.created_ms));
+    if let Some(t) = r.started_ms {
+        kv(&mut s, "started", &since(t, r.created_ms));
     }
-    outln!("bids     {}", r["bids"].as_array().map_or(0, |b| b.len()));
-    for l in r["leases"].as_array().into_iter().flatten() {
-        outln!(
-            "lease    {} price {} {}",
-            l["worker"].as_str().unwrap_or("?"),
-            l["price"],
-            l["status"].as_str().unwrap_or("?")
-        );
+    if let Some(f) = r.finished_ms {
+        kv(&mut s, "finished", &since(f, r.created_ms));
     }
-    for x in r["results"].as_array().into_iter().flatten() {
-        let agreed = match x["agreed"].as_bool() {
+    if let Some(code) = r.exit_code() {
+        kv(&mut s, "exit code", &code.to_string());
+    }
+    if matches!(
+        Ending::of(r),
+        Ending::ProgramExited(_) | Ending::ProgramFailed { .. }
+    ) {
+        kv(&mut s, "stderr", "");
+        s.push_str(&stderr_block(r));
+        s.push('\n');
+    }
+    kv(&mut s, "bids", &r.bids.len().to_string());
+    for l in &r.leases {
+        let lease = format!("{} price {} {}", l.worker, l.price, l.status.as_str());
+        kv(&mut s, "lease", &lease);
+    }
+    for x in &r.results {
+        let agreed = match x.agreed {
             Some(true) => "agreed",
             Some(false) => "OUTVOTED",
             None => "pending",
         };
-        outln!(
-            "result   {} verdict {} {agreed}",
-            x["worker"].as_str().unwrap_or("?"),
-            &x["verdict"].as_str().unwrap_or("?")
-                [..8.min(x["verdict"].as_str().unwrap_or("?").len())],
+        let verdict = x.verdict.get(..8).unwrap_or(&x.verdict);
+        kv(
+            &mut s,
+            "result",
+            &format!("{} verdict {verdict} {agreed}", x.worker),
         );
     }
-    for t in r["timeline"].as_array().into_iter().flatten() {
-        outln!("  {}  {}", t["at_ms"], t["event"].as_str().unwrap_or(""));
+    if !r.timeline.is_empty() {
+        s.push_str("timeline\n");
     }
-    Ok(ExitCode::SUCCESS)
+    for t in &r.timeline {
+        let at = since(t.at_ms, r.created_ms);
+        s.push_str(&format!("  {at:>11}  {}\n", t.event));
+    }
+    s
+}
+
+async fn status(a: IdArgs) -> Result<ExitCode> {
+    let api = connect_with(&a.api, a.token.as_deref())?;
+    let r = api.job(&a.id).await?;
+    if a.json {
+        outln!("{}", serde_json::to_string(&r)?);
+        return Ok(Ending::of(&r).exit_code());
+    }
+    let text = render(&r);
+    outln!("{}", text.trim_end());
+    Ok(Ending::of(&r).exit_code())
 }
 
 async fn output(a: OutputArgs) -> Result<ExitCode> {
-    let api = Api::new(&a.api)?;
-    let bytes = api.get_bytes(&format!("/v1/jobs/{}/output", a.id)).await?;
-    match a.output {
+    let api = connect_with(&a.api, a.token.as_deref())?;
+    let bytes = match api.output(&a.id).await {
+        Ok(b) => b,
+        Err(e) if e.status().is_some_and(|s| s.as_u16() == 409) => {
+            // No verified output: say why, as a failure of the job when it is one.
+            let r = api.job(&a.id).await?;
+            match Ending::of(&r) {
+                Ending::Pending => bail!(
+                    "job {} has no output yet: it is {}{}",
+                    a.id,
+                    r.state,
+                    r.reason.map(|w| format!(" ({w})")).unwrap_or_default()
+                ),
+                _ => return Ok(report_ending(&r)),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match &a.output {
         Some(p) => {
-            std::fs::write(&p, &bytes).with_context(|| format!("cannot write {}", p.display()))?
+            std::fs::write(p, &bytes).with_context(|| format!("cannot write {}", p.display()))?
         }
         None => std::io::stdout().write_all(&bytes)?,
+    }
+    // A verified output may come from a program that reported failure.
+    let r = api.job(&a.id).await?;
+    Ok(report_ending(&r))
+}
+
+async fn list(a: ListArgs) -> Result<ExitCode> {
+    let api = connect_with(&a.api, a.token.as_deref())?;
+    let jobs = api.jobs().await?;
+    if a.json {
+        outln!("{}", serde_json::to_string(&jobs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "{:<66} {:<9} {:>5} {:>5} {:>9}  REASON",
+        "JOB",
+        "STATE",
+        "EXIT",
+        "BIDS",
+        "LATENCY"
+    );
+    for j in &jobs {
+        outln!(
+            "{:<66} {:<9} {:>5} {:>5} {:>9}  {}",
+            j.id,
+            j.state.as_str(),
+            j.exit_code.map_or("-".into(), |c| c.to_string()),
+            j.bids,
+            j.latency_ms
+                .map_or("-".into(), |l| format!("{:.3} s", l as f64 / 1000.0)),
+            j.reason.as_deref().unwrap_or("")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn list(a: ListArgs) -> Result<ExitCode> {
-    let api = Api::new(&a.api)?;
-    let v = api.get_json("/v1/jobs").await?;
+async fn cancel(a: IdArgs) -> Result<ExitCode> {
+    let api = connect_with(&a.api, a.token.as_deref())?;
+    let c = api.cancel(&a.id).await?;
     if a.json {
-        outln!("{v}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    outln!(
-        "{:<66} {:<9} {:>5} {:>8}  REASON",
-        "JOB",
-        "STATE",
-        "BIDS",
-        "LATENCY"
-    );
-    for j in v.as_array().into_iter().flatten() {
-        outln!(
-            "{:<66} {:<9} {:>5} {:>8}  {}",
-            j["id"].as_str().unwrap_or("?"),
-            j["state"].as_str().unwrap_or("?"),
-            j["bids"],
-            j["latency_ms"]
-                .as_u64()
-                .map_or("-".into(), |l| format!("{l}ms")),
-            j["reason"].as_str().unwrap_or("")
-        );
+        outln!("{}", serde_json::to_string(&c)?);
+    } else {
+        outln!("cancelled {}", c.cancelled);
     }
     Ok(ExitCode::SUCCESS)
 }

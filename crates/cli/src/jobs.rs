@@ -5,11 +5,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use agora_api_types::{Client, JobState, SubmitRequest};
 use agora_exec::Sandbox;
 use anyhow::Result;
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::client::Api;
+use crate::client::connect;
 use crate::workload;
 
 /// Counters the live table shows while jobs run.
@@ -41,17 +42,39 @@ impl Progress {
     }
 
     /// The `"jobs"` object of the devnet's JSON summary.
-    pub fn summary(&self, _total: usize) -> Value {
+    pub fn summary(&self, _total: usize) -> Summary {
         let mut l = self.latencies.lock().map(|l| l.clone()).unwrap_or_default();
         l.sort_unstable();
-        json!({
-            "submitted": self.submitted.load(Ordering::Relaxed),
-            "verified": self.verified.load(Ordering::Relaxed),
-            "failed": self.failed.load(Ordering::Relaxed),
-            "wrong_accepted": self.wrong_accepted.load(Ordering::Relaxed),
-            "latency_ms": {"p50": percentile(&l, 0.5), "p99": percentile(&l, 0.99)},
-        })
+        let n = |c: &AtomicUsize| u64::try_from(c.load(Ordering::Relaxed)).unwrap_or(u64::MAX);
+        Summary {
+            submitted: n(&self.submitted),
+            verified: n(&self.verified),
+            failed: n(&self.failed),
+            wrong_accepted: n(&self.wrong_accepted),
+            latency_ms: Latency {
+                p50: percentile(&l, 0.5),
+                p99: percentile(&l, 0.99),
+            },
+        }
     }
+}
+
+/// The `"jobs"` object of the devnet's JSON summary.
+#[derive(Serialize, Clone, Debug)]
+pub struct Summary {
+    pub submitted: u64,
+    pub verified: u64,
+    pub failed: u64,
+    /// Verified outputs that differ from a local run of the same job: must stay 0.
+    pub wrong_accepted: u64,
+    pub latency_ms: Latency,
+}
+
+/// Submission-to-verdict latency percentiles, in ms.
+#[derive(Serialize, Clone, Debug)]
+pub struct Latency {
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
 }
 
 /// Waits until every node sees the others (or 30 s), then one capability-ad interval more.
@@ -61,13 +84,8 @@ async fn wait_for_mesh(all: &[String]) {
     while tokio::time::Instant::now() < deadline {
         let mut ok = true;
         for a in all {
-            let Ok(api) = Api::new(a) else { return };
-            let peers = api
-                .get_json("/v1/status")
-                .await
-                .ok()
-                .and_then(|s| s["connected_peers"].as_u64())
-                .unwrap_or(0);
+            let Ok(api) = connect(a) else { return };
+            let peers = api.status().await.map_or(0, |s| s.connected_peers);
             ok &= peers >= want;
         }
         if ok {
@@ -79,26 +97,29 @@ async fn wait_for_mesh(all: &[String]) {
 }
 
 async fn one(
-    api: Api,
+    api: Client,
     i: usize,
     redundancy: u8,
     expected: Vec<u8>,
     progress: &Progress,
 ) -> Result<()> {
     let work = workload::nth(i);
-    let spec = json!({"redundancy": redundancy, "max_price": 100, "wall_time_ms": 30_000});
+    let spec = SubmitRequest {
+        redundancy: Some(redundancy),
+        ..SubmitRequest::default()
+    };
     let id = crate::job::upload_and_submit(&api, work.module, &work.input, spec).await?;
     progress.submitted.fetch_add(1, Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
-        let r = api.get_json(&format!("/v1/jobs/{id}")).await?;
-        match r["state"].as_str() {
-            Some("verified") => {
-                let out = api.get_bytes(&format!("/v1/jobs/{id}/output")).await?;
+        let r = api.job(&id).await?;
+        match r.state {
+            JobState::Verified => {
+                let out = api.output(&id).await?;
                 if out != expected {
                     progress.wrong_accepted.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Some(l) = r["summary"]["latency_ms"].as_u64()
+                if let Some(l) = r.summary.latency_ms
                     && let Ok(mut v) = progress.latencies.lock()
                 {
                     v.push(l);
@@ -106,7 +127,7 @@ async fn one(
                 progress.verified.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
-            Some("failed") => {
+            JobState::Failed => {
                 progress.failed.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
@@ -126,7 +147,7 @@ pub async fn drive(
     n: usize,
     redundancy: u8,
     progress: std::sync::Arc<Progress>,
-) -> Result<Value> {
+) -> Result<Summary> {
     // Reference outputs, computed here in the same sandbox the workers use.
     let expected = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<u8>>> {
         let sandbox = Sandbox::new()?;
@@ -138,7 +159,7 @@ pub async fn drive(
     wait_for_mesh(&all).await;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, exp) in expected.into_iter().enumerate() {
-        let api = Api::new(&apis[i % apis.len()])?;
+        let api = connect(&apis[i % apis.len()])?;
         let progress = progress.clone();
         tasks.spawn(async move {
             if let Err(e) = one(api, i, redundancy, exp, &progress).await {

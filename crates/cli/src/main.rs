@@ -16,11 +16,15 @@ macro_rules! outln {
 mod bench;
 mod client;
 mod cmd;
+mod dashboard;
 mod devnet;
+mod estimate;
 mod job;
 mod jobs;
 mod logging;
 mod run_node;
+mod timefmt;
+mod token;
 mod wallet;
 mod workload;
 
@@ -32,6 +36,9 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(hint) = client::token_hint(&e) {
+                eprintln!("{hint}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use agora_api_types::{HistoryQuery, LedgerEvent, TransferRequest, TxOutcome};
 use agora_ledger::{Genesis, GenesisAccount, Params};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
 
-use crate::client::{Api, block_on};
+use crate::client::{block_on, connect_with};
 use crate::cmd::ClientArgs;
 
 /// This node's account: balance, transfers, staking and history.
@@ -58,91 +58,132 @@ pub enum WalletCommand {
 pub fn run(c: WalletCommand) -> Result<ExitCode> {
     match c {
         WalletCommand::Balance { client, account } => {
-            let api = Api::new(&client.api)?;
-            let path = match &account {
-                Some(a) => format!("/v1/ledger/accounts/{a}"),
-                None => "/v1/wallet".into(),
-            };
-            let v = block_on(api.get_json(&path))?;
+            let api = connect_with(&client.api, client.token.as_deref())?;
+            let v = block_on(async {
+                Ok(match &account {
+                    Some(a) => api.account(a).await?,
+                    None => api.wallet().await?,
+                })
+            })?;
             if client.json {
-                outln!("{v}");
+                outln!("{}", serde_json::to_string(&v)?);
             } else {
-                outln!("account    {}", v["id"].as_str().unwrap_or("?"));
-                outln!("balance    {}", v["balance"]);
-                outln!("stake      {}", v["stake"]);
-                outln!("unbonding  {}", v["unbonding"]);
-                outln!("escrowed   {} in {} jobs", v["escrowed"], v["escrows"]);
-                outln!("nonce      {}", v["nonce"]);
+                outln!("account    {}", v.id);
+                outln!("balance    {}", v.balance);
+                outln!("stake      {}", v.stake);
+                outln!("unbonding  {}", v.unbonding);
+                outln!("escrowed   {} in {} jobs", v.escrowed, v.escrows);
+                outln!("nonce      {}", v.nonce);
                 outln!(
                     "may bid    {}{}",
-                    v["can_bid"],
-                    if v["validator"].as_bool() == Some(true) {
-                        "  (validator)"
-                    } else {
-                        ""
-                    }
+                    v.can_bid,
+                    if v.validator { "  (validator)" } else { "" }
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
-        WalletCommand::Transfer { client, to, amount } => send(
-            &client,
-            "/v1/wallet/transfer",
-            json!({"to": to, "amount": amount}),
-        ),
+        WalletCommand::Transfer { client, to, amount } => send(&client, |api| async move {
+            Ok(api.transfer(&TransferRequest { to, amount }, true).await?)
+        }),
         WalletCommand::Stake { client, amount } => {
-            send(&client, "/v1/wallet/stake", json!({"amount": amount}))
+            send(
+                &client,
+                |api| async move { Ok(api.stake(amount, true).await?) },
+            )
         }
-        WalletCommand::Unstake { client, amount } => {
-            send(&client, "/v1/wallet/unstake", json!({"amount": amount}))
-        }
+        WalletCommand::Unstake { client, amount } => send(&client, |api| async move {
+            Ok(api.unstake(amount, true).await?)
+        }),
         WalletCommand::History { client, limit } => {
-            let api = Api::new(&client.api)?;
-            let v = block_on(api.get_json(&format!("/v1/wallet/history?limit={limit}")))?;
+            let api = connect_with(&client.api, client.token.as_deref())?;
+            let q = HistoryQuery {
+                limit: Some(u64::try_from(limit).unwrap_or(u64::MAX)),
+            };
+            let h = block_on(async { Ok(api.history(&q).await?) })?;
             if client.json {
-                outln!("{v}");
+                outln!("{}", serde_json::to_string(&h)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let events = v["events"].as_array().cloned().unwrap_or_default();
             outln!("{:>8}  EVENT", "HEIGHT");
-            for e in &events {
-                let mut ev = e["event"].clone();
-                let kind = ev["event"].as_str().unwrap_or("?").to_string();
-                if let Some(o) = ev.as_object_mut() {
-                    o.remove("event");
-                }
-                outln!("{:>8}  {kind} {ev}", e["height"].as_u64().unwrap_or(0));
+            for e in &h.events {
+                outln!("{:>8}  {}", e.height, describe(&e.event));
             }
-            outln!("{} events", events.len());
+            outln!("{} events", h.events.len());
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn send(client: &ClientArgs, path: &str, body: Value) -> Result<ExitCode> {
-    let api = Api::new(&client.api)?;
-    let v = block_on(api.post_json(path, &body))?;
+/// One ledger event in a line.
+fn describe(e: &LedgerEvent) -> String {
+    match e {
+        LedgerEvent::Transferred { from, to, amount } => {
+            format!("transferred {amount} from {from} to {to}")
+        }
+        LedgerEvent::Staked { account, amount } => format!("staked {amount} by {account}"),
+        LedgerEvent::Unstaked {
+            account,
+            amount,
+            release_height,
+        } => format!("unstaked {amount} by {account}, released at height {release_height}"),
+        LedgerEvent::Released { account, amount } => {
+            format!("released {amount} of unbonded stake to {account}")
+        }
+        LedgerEvent::EscrowLocked {
+            job_id,
+            owner,
+            amount,
+        } => format!("escrow_locked {amount} by {owner} for job {job_id}"),
+        LedgerEvent::Paid {
+            job_id,
+            worker,
+            amount,
+        } => format!("paid {amount} to {worker} for job {job_id}"),
+        LedgerEvent::Refunded {
+            job_id,
+            owner,
+            amount,
+        } => format!("refunded {amount} to {owner} for job {job_id}"),
+        LedgerEvent::Slashed {
+            offender,
+            offence,
+            amount,
+            job_id,
+        } => format!(
+            "slashed {amount} of {offender}'s stake for {offence:?}{}",
+            job_id
+                .as_deref()
+                .map(|j| format!(" (job {j})"))
+                .unwrap_or_default()
+        ),
+        LedgerEvent::Minted { to, amount } => format!("minted {amount} for {to}"),
+        LedgerEvent::Burned { account, amount } => format!("burned {amount} of {account}"),
+    }
+}
+
+fn send<F, Fut>(client: &ClientArgs, call: F) -> Result<ExitCode>
+where
+    F: FnOnce(agora_api_types::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<TxOutcome>>,
+{
+    let api = connect_with(&client.api, client.token.as_deref())?;
+    let v = block_on(call(api))?;
     if client.json {
-        outln!("{v}");
-    } else if v["applied"].as_bool() == Some(true) {
-        outln!(
-            "{} applied at height {} (tx {})",
-            v["kind"].as_str().unwrap_or("?"),
-            v["height"],
-            v["tx_id"].as_str().unwrap_or("?")
-        );
+        outln!("{}", serde_json::to_string(&v)?);
+    } else if v.applied {
+        outln!("{} applied at height {} (tx {})", v.kind, v.height, v.tx_id);
     } else {
         bail!(
             "{} refused by the ledger at height {}: {}",
-            v["kind"].as_str().unwrap_or("?"),
-            v["height"],
-            v["error"].as_str().unwrap_or("no reason given")
+            v.kind,
+            v.height,
+            v.error.as_deref().unwrap_or("no reason given")
         );
     }
-    Ok(if v["applied"].as_bool() == Some(false) {
-        ExitCode::FAILURE
-    } else {
+    Ok(if v.applied {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

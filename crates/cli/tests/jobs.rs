@@ -28,10 +28,11 @@ use common::{Network, rand_suffix};
 /// enough that the kill, about 100 ms after the lease is accepted, lands mid-run.
 const KILL_STEPS: u64 = 2_000_000_000;
 
-/// Steps of the busy job whose submitter is restarted: about 0.8 s on one idle core, so that it
-/// stays far under its 8 s wall-time limit even on a loaded machine, yet still runs when the
-/// submitter is killed about 100 ms after a lease is accepted.
-const RESTART_STEPS: u64 = 600_000_000;
+/// Steps of the busy job whose submitter is restarted: about 2.7 s on one idle core, so that it
+/// stays far under its 30 s wall-time limit even on a loaded machine, yet still runs when the
+/// submitter is killed a second after a lease is accepted (time for the accepted lease to reach
+/// the store: what the API shows is the core's memory, written by the ordered persist queue).
+const RESTART_STEPS: u64 = 2_000_000_000;
 
 /// Fuel for the busy jobs: more than three times what the longer one needs, so that only a
 /// wall-time limit could stop them.
@@ -524,16 +525,18 @@ fn slow_scenario_submitter_restarted_mid_job_finishes_after_restart() {
             "--fuel",
             BUSY_FUEL,
             "--wall-time-ms",
-            "8000",
+            "30000",
         ],
     );
-    let before = net.wait_job(
+    net.wait_job(
         0,
         &id,
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "leased to a worker that accepted",
         |r| leases(r).any(|l| l["status"] == "accepted"),
     );
+    std::thread::sleep(Duration::from_secs(1));
+    let before = net.job(0, &id).expect("the job, before the kill");
     net.nodes[0].kill();
     assert!(!is_final(&before), "{}", show(&before));
     // Stay down until every lease granted before the kill has expired, on the workers too (a

@@ -26,6 +26,10 @@ pub enum ExecError {
     /// The guest ran longer than its wall-clock limit (the value is the limit).
     #[error("wall-clock limit of {0:?} exceeded")]
     WallTime(Duration),
+    /// The module did not compile within its compile-time limit (the value is
+    /// the limit). Like wall time, this depends on the machine.
+    #[error("the module did not compile within {0:?}")]
+    CompileTime(Duration),
     /// The guest wrote more than the allowed number of bytes to stdout.
     #[error("stdout exceeded the limit of {limit} bytes")]
     OutputTooLarge {
@@ -54,6 +58,7 @@ impl ExecError {
             ExecError::FuelExhausted
                 | ExecError::MemoryLimit { .. }
                 | ExecError::WallTime(_)
+                | ExecError::CompileTime(_)
                 | ExecError::OutputTooLarge { .. }
         )
     }

@@ -50,11 +50,15 @@
 //! `tokio::task::spawn_blocking`, with a bounded wait queue beyond which jobs
 //! are refused with [`ExecError::Busy`] instead of piling up.
 //!
-//! What this crate does *not* defend against: compilation time of a huge
-//! module is not covered by the wall-clock limit (only module size is capped,
-//! by [`MAX_MODULE_BYTES`]), host-side bookkeeping memory of wasmtime is not
-//! counted against [`Limits::memory_bytes`], and side channels between jobs on
-//! the same machine are out of scope.
+//! **Compilation** is bounded too: module size by [`MAX_MODULE_BYTES`], and
+//! compile time by [`Limits::compile_time`]: compiling runs on its own thread
+//! (at most [`MAX_COMPILATIONS`] at once) and a job whose module does not
+//! compile in time ends with [`ExecError::CompileTime`], a machine-dependent
+//! limit that the market never counts against the worker.
+//!
+//! What this crate does *not* defend against: host-side bookkeeping memory of
+//! wasmtime is not counted against [`Limits::memory_bytes`], and side channels
+//! between jobs on the same machine are out of scope.
 
 #![warn(missing_docs)]
 
@@ -71,12 +75,15 @@ use std::time::Duration;
 
 pub use error::ExecError;
 pub use pool::{DEFAULT_QUEUE, Pool, default_slots};
-pub use sandbox::{MAX_MODULE_BYTES, MODULE_CACHE_CAPACITY, Sandbox};
+pub use sandbox::{MAX_COMPILATIONS, MAX_MODULE_BYTES, MODULE_CACHE_CAPACITY, Sandbox};
 pub use wasi::FIXED_WALL_CLOCK_SECS;
 
 /// Maximum number of stderr bytes kept in [`Outcome::stderr`]; anything the
 /// guest writes beyond this is discarded (it is not an error).
 pub const STDERR_LIMIT: usize = 64 * 1024;
+
+/// The compile-time limit of [`Limits::default`] and [`Sandbox::validate`].
+pub const DEFAULT_COMPILE_TIME: Duration = Duration::from_secs(10);
 
 /// Resource limits applied to one job run.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -90,6 +97,9 @@ pub struct Limits {
     pub wall_time: Duration,
     /// Maximum number of bytes the guest may write to stdout.
     pub max_output_bytes: usize,
+    /// Maximum real time to compile the module on a cache miss
+    /// ([`ExecError::CompileTime`]).
+    pub compile_time: Duration,
 }
 
 impl Default for Limits {
@@ -100,6 +110,7 @@ impl Default for Limits {
             memory_bytes: 256 * 1024 * 1024,
             wall_time: Duration::from_secs(30),
             max_output_bytes: 16 * 1024 * 1024,
+            compile_time: DEFAULT_COMPILE_TIME,
         }
     }
 }

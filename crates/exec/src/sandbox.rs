@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use wasmtime::{
     Config, Engine, ExternType, InstancePre, Linker, Module, ResourceLimiter, Store, Trap,
@@ -22,6 +22,12 @@ pub const MODULE_CACHE_CAPACITY: usize = 64;
 
 /// Largest module accepted, in bytes (bounds compilation work).
 pub const MAX_MODULE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Compilations that may run at once (each on its own thread); more wait for a slot within
+/// their compile-time limit. A compilation that outlives its job's [`Limits::compile_time`]
+/// finishes in the background (and fills the cache), so this bounds the CPU that slow modules
+/// can take.
+pub const MAX_COMPILATIONS: usize = 4;
 
 /// Period of the epoch ticker that enforces wall-clock limits.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -127,9 +133,28 @@ struct Inner {
     engine: Engine,
     linker: Linker<StoreData>,
     cache: Mutex<ModuleCache>,
+    /// Compilations running now (at most [`MAX_COMPILATIONS`]), and the signal that one ended.
+    compiling: Mutex<usize>,
+    compile_done: Condvar,
     /// Dropping this sender (with the last `Sandbox` clone) stops the epoch
     /// ticker thread.
     _ticker: mpsc::Sender<()>,
+}
+
+/// One of the [`MAX_COMPILATIONS`] compile slots, released on drop (when the compilation ends,
+/// even after its caller stopped waiting).
+struct CompileSlot(Arc<Inner>);
+
+impl Drop for CompileSlot {
+    fn drop(&mut self) {
+        let mut n = self
+            .0
+            .compiling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *n = n.saturating_sub(1);
+        self.0.compile_done.notify_one();
+    }
 }
 
 /// A WebAssembly execution environment: a wasmtime engine configured for
@@ -225,6 +250,8 @@ impl Sandbox {
                 engine,
                 linker,
                 cache: Mutex::new(ModuleCache::default()),
+                compiling: Mutex::new(0),
+                compile_done: Condvar::new(),
                 _ticker: tx,
             }),
         })
@@ -239,15 +266,26 @@ impl Sandbox {
 
     /// Checks that `module` is a WebAssembly WASI command this sandbox can
     /// run (valid, only allowed features, only known `wasi_snapshot_preview1`
-    /// imports, a `_start: [] -> []` export). The compiled module is cached,
+    /// imports, a `_start: [] -> []` export) and that it compiles within
+    /// [`DEFAULT_COMPILE_TIME`](crate::DEFAULT_COMPILE_TIME). The compiled module is cached,
     /// so a later run of the same module does not compile it again.
     pub fn validate(&self, module: &[u8]) -> Result<(), ExecError> {
         let hash = *blake3::hash(module).as_bytes();
-        self.prepare(module, &hash).map(|_| ())
+        self.prepare(&Arc::from(module), &hash, crate::DEFAULT_COMPILE_TIME)
+            .map(|_| ())
     }
 
     /// Returns the ready-to-instantiate module, from the cache or compiled.
-    fn prepare(&self, bytes: &[u8], hash: &[u8; 32]) -> Result<InstancePre<StoreData>, ExecError> {
+    /// The compiled module for `bytes`, from the cache or compiled within `limit`. Compiling
+    /// runs on its own thread: past `limit` the caller gets [`ExecError::CompileTime`] at once
+    /// and the compilation finishes in the background (filling the cache), at most
+    /// [`MAX_COMPILATIONS`] at a time.
+    fn prepare(
+        &self,
+        bytes: &Arc<[u8]>,
+        hash: &[u8; 32],
+        limit: Duration,
+    ) -> Result<InstancePre<StoreData>, ExecError> {
         if let Some(pre) = self.cache().get(hash) {
             return Ok(pre);
         }
@@ -257,6 +295,54 @@ impl Sandbox {
                 bytes.len()
             )));
         }
+        let deadline = Instant::now() + limit;
+        let slot = self.compile_slot(deadline, limit)?;
+        // Another run may have compiled the same module while this one waited for a slot.
+        if let Some(pre) = self.cache().get(hash) {
+            return Ok(pre);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let this = self.clone();
+        let (bytes, hash) = (bytes.clone(), *hash);
+        std::thread::Builder::new()
+            .name("agora-exec-compile".into())
+            .spawn(move || {
+                let _slot = slot;
+                let _ = tx.send(this.compile(&bytes, &hash));
+            })
+            .map_err(|e| internal("compile thread", e))?;
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(ExecError::CompileTime(limit)),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(internal("compile thread", "ended without an answer"))
+            }
+        }
+    }
+
+    /// Waits until fewer than [`MAX_COMPILATIONS`] run, at most until `deadline`.
+    fn compile_slot(&self, deadline: Instant, limit: Duration) -> Result<CompileSlot, ExecError> {
+        let inner = &self.inner;
+        let mut n = inner
+            .compiling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while *n >= MAX_COMPILATIONS {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ExecError::CompileTime(limit));
+            }
+            n = inner
+                .compile_done
+                .wait_timeout(n, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *n += 1;
+        Ok(CompileSlot(self.inner.clone()))
+    }
+
+    fn compile(&self, bytes: &[u8], hash: &[u8; 32]) -> Result<InstancePre<StoreData>, ExecError> {
         // Compile outside the cache lock; two concurrent first runs of the
         // same module may both compile it, which is harmless.
         let module = Module::new(&self.inner.engine, bytes)
@@ -282,7 +368,7 @@ impl Sandbox {
                 "module bytes do not match module_hash".into(),
             ));
         }
-        let pre = self.prepare(&job.module, &job.module_hash)?;
+        let pre = self.prepare(&job.module, &job.module_hash, job.limits.compile_time)?;
         let limits = &job.limits;
 
         let stdout = CapturedOutput::new(limits.max_output_bytes, Overflow::Trap);

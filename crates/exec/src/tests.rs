@@ -458,6 +458,61 @@ fn sandbox_drop_stops_cleanly() {
     drop(clone);
 }
 
+/// A valid command with many non-trivial functions: slow enough to compile that a limit of a
+/// microsecond always trips.
+fn many_functions(n: usize) -> Vec<u8> {
+    let mut body = String::new();
+    for i in 0..n {
+        body.push_str(&format!(
+            "(func $f{i} (param i32) (result i32) {})",
+            "(local.get 0) (i32.const 7) (i32.mul) (i32.const 3) (i32.add) (drop) ".repeat(20)
+                + "(local.get 0)"
+        ));
+    }
+    command(&format!(
+        r#"{body} (func (export "_start") (drop (call $f0 (i32.const 1))))"#
+    ))
+}
+
+#[test]
+fn compile_time_is_bounded_and_a_limit() {
+    // A fresh sandbox, so no other test has compiled (cached) this module.
+    let sb = Sandbox::new().unwrap();
+    let module = many_functions(300);
+    let tight = Limits {
+        compile_time: Duration::from_micros(1),
+        ..Limits::default()
+    };
+    let err = sb
+        .run_blocking(&job(module.clone(), b"", &[], tight))
+        .unwrap_err();
+    assert_eq!(err, ExecError::CompileTime(Duration::from_micros(1)));
+    assert!(err.is_limit());
+    assert!(err.to_string().contains("compile"), "{err}");
+    // The compilation went on in the background; with room it runs.
+    let out = sb
+        .run_blocking(&job(module, b"", &[], Limits::default()))
+        .unwrap();
+    assert_eq!(out.exit_code, 0);
+}
+
+#[test]
+fn many_concurrent_first_compilations_wait_for_a_slot_instead_of_failing() {
+    // More first runs of one module at once than there are compile slots (a burst of
+    // submissions): every one succeeds, most from the cache once the first compile is done.
+    let sb = Sandbox::new().unwrap();
+    let module = many_functions(50);
+    let handles: Vec<_> = (0..4 * crate::MAX_COMPILATIONS)
+        .map(|_| {
+            let (sb, m) = (sb.clone(), module.clone());
+            std::thread::spawn(move || sb.validate(&m))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+}
+
 #[test]
 fn limits_default() {
     let l = Limits::default();
@@ -465,6 +520,7 @@ fn limits_default() {
     assert_eq!(l.memory_bytes, 256 * 1024 * 1024);
     assert_eq!(l.wall_time, Duration::from_secs(30));
     assert_eq!(l.max_output_bytes, 16 * 1024 * 1024);
+    assert_eq!(l.compile_time, crate::DEFAULT_COMPILE_TIME);
 }
 
 // Default (current-thread) runtime: WASI's internal `block_on` must also work

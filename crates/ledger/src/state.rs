@@ -788,12 +788,10 @@ impl Ledger {
                         "only the escrow's owner may take it back".into(),
                     ));
                 }
-                if height < escrow.refund_height {
-                    return Err(TxError::Escrow(format!(
-                        "the escrow can be taken back from height {} (now {height})",
-                        escrow.refund_height
-                    )));
-                }
+                // The owner may take an open escrow back at any height (a cancelled job's
+                // tokens return at once). Workers cannot settle on their own, so a delay would
+                // protect nobody; their protection is the submitter's settlement and reputation
+                // (ARCHITECTURE.md, "Decisions").
                 let amount = escrow.amount;
                 self.credit(sender, amount)?;
                 self.escrows.remove(job_id);
@@ -866,6 +864,19 @@ impl Ledger {
             if !signers.insert(r.signer) {
                 return Err(TxError::Evidence("two results from the same worker".into()));
             }
+        }
+        // A machine-dependent outcome (wall time, compile time) is not evidence of anything:
+        // it is neither paid as agreement nor slashed as invalid compute.
+        if quorum
+            .iter()
+            .chain(minority)
+            .any(|r| r.payload.outcome.is_machine_dependent())
+        {
+            return Err(TxError::Evidence(
+                "a result that hit a machine-dependent limit (wall time, compile time) is \
+                 neither agreement nor invalid compute; leave it out of the settlement"
+                    .into(),
+            ));
         }
         let verdict = quorum[0].payload.outcome.verdict();
         if quorum

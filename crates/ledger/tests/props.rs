@@ -437,19 +437,82 @@ fn settlement_refuses_no_quorum_and_overpriced_results() {
             .contains("same worker")
     );
     assert!(l.escrow(&id).is_some());
-    // The refund waits for the refund height (lock at 1 + 5).
+    // Only the owner may take it back, and it may do so at once (a cancelled job).
+    let r = block(&mut l, vec![sign_tx(1, 0, TxKind::Refund { job_id: id })]);
+    assert!(r.receipts[0].error.as_ref().unwrap().contains("owner"));
     let r = block(&mut l, vec![sign_tx(0, 4, TxKind::Refund { job_id: id })]);
+    assert_eq!(r.receipts[0].error, None);
+    assert_eq!(l.account(&acct(0)).unwrap().balance, 100_000);
+    let r = block(&mut l, vec![sign_tx(0, 5, TxKind::Refund { job_id: id })]);
+    assert!(r.receipts[0].error.is_some(), "refunded once");
+}
+
+#[test]
+fn settlement_never_slashes_or_pays_a_wall_time_result() {
+    let mut l = fresh();
+    let id = job(6);
+    block(
+        &mut l,
+        vec![sign_tx(
+            0,
+            0,
+            TxKind::EscrowLock {
+                job_id: id,
+                amount: 1_000,
+                max_price: 100,
+                redundancy: 3,
+            },
+        )],
+    );
+    let timed_out = |i: usize| {
+        let kp = key(i);
+        Signed::sign(
+            &kp,
+            WorkResult {
+                job_id: id,
+                outcome: Outcome::Failed {
+                    kind: "wall_time".into(),
+                    detail: "wall-clock limit exceeded".into(),
+                },
+                price: 50,
+            },
+            1,
+        )
+        .unwrap()
+    };
+    let stake_before = l.account(&acct(5)).map_or(0, |a| a.stake);
+    assert!(stake_before > 0);
+    let slash_the_slow = TxKind::Settle {
+        job_id: id,
+        quorum: vec![result(4, id, "ok", 50), result(3, id, "ok", 50)],
+        minority: vec![timed_out(5)],
+    };
+    let r = block(&mut l, vec![sign_tx(0, 1, slash_the_slow)]);
     assert!(
         r.receipts[0]
             .error
             .as_ref()
             .unwrap()
-            .contains("from height 6")
+            .contains("machine-dependent"),
+        "{:?}",
+        r.receipts[0].error
     );
-    block(&mut l, vec![]);
-    let r = block(&mut l, vec![sign_tx(0, 5, TxKind::Refund { job_id: id })]);
+    assert_eq!(l.account(&acct(5)).map_or(0, |a| a.stake), stake_before);
+    let pay_the_slow = TxKind::Settle {
+        job_id: id,
+        quorum: vec![timed_out(5), timed_out(4)],
+        minority: vec![],
+    };
+    let r = block(&mut l, vec![sign_tx(0, 2, pay_the_slow)]);
+    assert!(r.receipts[0].error.is_some());
+    // Without it the settlement goes through.
+    let fair = TxKind::Settle {
+        job_id: id,
+        quorum: vec![result(4, id, "ok", 50), result(3, id, "ok", 50)],
+        minority: vec![],
+    };
+    let r = block(&mut l, vec![sign_tx(0, 3, fair)]);
     assert_eq!(r.receipts[0].error, None);
-    assert_eq!(l.account(&acct(0)).unwrap().balance, 100_000);
 }
 
 #[test]

@@ -74,6 +74,16 @@ pub struct Config {
     pub max_timeline: usize,
     /// Bid scoring weights.
     pub weights: Weights,
+    /// How often a worker reports progress on a lease it holds ([`crate::Input::Heartbeat`]),
+    /// in ms. The submitter ignores heartbeats that come faster than half of this.
+    pub heartbeat_ms: u64,
+    /// How far past a heartbeat a lease is extended: `now + 3 * heartbeat_ms + lease_grace_ms`,
+    /// never beyond this many times the lease's first length (so a worker that heartbeats but
+    /// never delivers still loses the lease).
+    pub max_lease_factor: u64,
+    /// After a worker answers `Busy`, how long this submitter sends it no new lease unless one
+    /// of its own leases there ends first, in ms.
+    pub busy_backoff_ms: u64,
     /// Hold every submitted job in [`crate::JobState::AwaitingEscrow`] and ask for an escrow
     /// ([`crate::Output::LockEscrow`]) before announcing it. On when the node runs a ledger.
     pub require_escrow: bool,
@@ -89,6 +99,8 @@ impl Config {
             reannounce_initial_ms: 200,
             reannounce_max_ms: 3_000,
             ad_ttl_ms: 15_000,
+            heartbeat_ms: 1_000,
+            busy_backoff_ms: 1_000,
             ..Config::production()
         }
     }
@@ -110,8 +122,26 @@ impl Config {
             max_reputation_entries: 10_000,
             max_timeline: 256,
             weights: Weights::default(),
+            heartbeat_ms: 5_000,
+            max_lease_factor: 8,
+            busy_backoff_ms: 5_000,
             require_escrow: false,
         }
+    }
+
+    /// How long a lease lasts before any heartbeat, for a job with wall-time limit
+    /// `wall_time_ms`.
+    pub fn lease_ms(&self, wall_time_ms: u64) -> u64 {
+        wall_time_ms
+            .saturating_add(self.lease_grace_ms)
+            .saturating_add(self.fetch_allowance_ms)
+    }
+
+    /// How far a heartbeat at `now` extends a lease.
+    pub fn heartbeat_extension_ms(&self) -> u64 {
+        self.heartbeat_ms
+            .saturating_mul(3)
+            .saturating_add(self.lease_grace_ms)
     }
 
     /// The escrow a job needs: its maximum price for every replica it may ever use.

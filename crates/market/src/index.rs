@@ -25,6 +25,8 @@ pub struct IndexEntry {
 /// How many known peers could take a job, by stage of the filter.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Availability {
+    /// Peers that offer every required capability tag, whatever their memory.
+    pub with_capabilities: usize,
     /// Peers that offer every required capability tag and at least the job's memory limit.
     pub capable: usize,
     /// Capable peers whose advertised price is at most the job's `max_price`.
@@ -137,7 +139,11 @@ impl CapabilityIndex {
                 .capabilities
                 .iter()
                 .all(|c| ad.capabilities.iter().any(|o| o == c));
-            if !has_caps || ad.memory_bytes < spec.limits.memory_bytes {
+            if !has_caps {
+                continue;
+            }
+            a.with_capabilities += 1;
+            if ad.memory_bytes < spec.limits.memory_bytes {
                 continue;
             }
             a.capable += 1;

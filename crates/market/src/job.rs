@@ -24,6 +24,10 @@ use crate::select::BidInfo;
 /// while a worker that refused because it was momentarily busy still gets another chance.
 pub const MAX_LOST_LEASES_PER_WORKER: usize = 3;
 
+/// However it waits, a job ends (failed, deadline) this many budgets after its submission,
+/// where the budget is its signed deadline minus its submission time.
+pub const HARD_DEADLINE_FACTOR: u64 = 10;
+
 /// Where a job is in its life.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -81,13 +85,30 @@ pub enum WaitReason {
         /// The job's maximum price.
         max_price: u64,
     },
-    /// Capable, affordable workers exist but none has a free slot.
+    /// Capable, affordable workers exist but none has a free slot (as advertised, or as this
+    /// submitter knows from its own leases to them and their `Busy` answers). The job is queued:
+    /// its deadline does not run meanwhile.
     AllWorkersBusy {
         /// How many capable workers are known.
         capable: usize,
     },
     /// Capable, affordable, free workers are known but too few have bid yet.
     AwaitingBids,
+    /// Workers offer the capabilities, but none gives the job's memory limit.
+    NotEnoughMemory {
+        /// The memory required, in bytes.
+        memory_bytes: u64,
+        /// Workers that offer the capabilities (with too little memory).
+        with_capabilities: usize,
+    },
+    /// The results disagree and every capable worker known has already run this job, so the
+    /// replicas needed to settle it have nowhere to go yet.
+    Disagreement {
+        /// How many different verdicts came in.
+        verdicts: usize,
+        /// How many results came in.
+        results: usize,
+    },
 }
 
 impl WaitReason {
@@ -101,7 +122,12 @@ impl WaitReason {
         max_price: u64,
         already_used: usize,
     ) -> Self {
-        if a.capable == 0 {
+        if a.capable == 0 && a.with_capabilities > 0 {
+            WaitReason::NotEnoughMemory {
+                memory_bytes,
+                with_capabilities: a.with_capabilities,
+            }
+        } else if a.capable == 0 {
             WaitReason::NoCapableWorker {
                 capabilities: capabilities.to_vec(),
                 memory_bytes,
@@ -134,11 +160,25 @@ impl fmt::Display for WaitReason {
                 }
                 write!(
                     f,
-                    " offers the required capabilities [{}] with enough memory ({} MiB)",
+                    " offers the required capabilities [{}] (the job needs {} MiB of memory)",
                     capabilities.join(", "),
                     memory_bytes.div_ceil(1 << 20)
                 )
             }
+            WaitReason::NotEnoughMemory {
+                memory_bytes,
+                with_capabilities,
+            } => write!(
+                f,
+                "{with_capabilities} workers offer the capabilities, but none gives the {} MiB of \
+                 memory the job asks for (lower --memory)",
+                memory_bytes.div_ceil(1 << 20)
+            ),
+            WaitReason::Disagreement { verdicts, results } => write!(
+                f,
+                "workers disagree ({verdicts} different outcomes in {results} results) and every \
+                 capable worker known has already run this job; waiting for another worker"
+            ),
             WaitReason::OverMaxPrice {
                 cheapest,
                 max_price,
@@ -149,7 +189,7 @@ impl fmt::Display for WaitReason {
             ),
             WaitReason::AllWorkersBusy { capable } => write!(
                 f,
-                "all {capable} capable workers are busy; the job will be announced again"
+                "all {capable} capable workers are busy; waiting for a free slot"
             ),
             WaitReason::AwaitingBids => write!(
                 f,
@@ -306,6 +346,13 @@ pub struct LeaseRecord {
     /// When it stopped being active (result, loss or cancellation).
     #[serde(default)]
     pub ended_ms: Option<UnixMillis>,
+    /// When the worker last reported progress ([`crate::Input::Heartbeat`]); heartbeats extend
+    /// `expires_ms`, up to [`crate::Config::max_lease_factor`] times the lease's first length.
+    #[serde(default)]
+    pub heartbeat_ms: Option<UnixMillis>,
+    /// The lease's first expiry, before any heartbeat extended it.
+    #[serde(default)]
+    pub first_expires_ms: UnixMillis,
 }
 
 impl LeaseRecord {
@@ -334,6 +381,18 @@ pub struct ResultRecord {
     /// The worker's signed claim, kept as evidence for settlement (payment or slashing).
     #[serde(default)]
     pub signed: Option<Signed<WorkResult>>,
+    /// The first bytes of the program's stderr as this worker reported them (lossy UTF-8,
+    /// at most [`agora_types::job::MAX_STDERR_BYTES`]); not compared between replicas.
+    #[serde(default)]
+    pub stderr: String,
+}
+
+impl ResultRecord {
+    /// Whether this result takes part in the quorum: machine-dependent failures (wall time,
+    /// compile time) do not (see [`Outcome::is_vote`]).
+    pub fn is_vote(&self) -> bool {
+        self.outcome.is_vote()
+    }
 }
 
 /// Everything the submitter knows about one job.
@@ -388,6 +447,18 @@ pub struct JobRecord {
     /// The pause before the next re-announcement, doubling up to
     /// [`crate::Config::reannounce_max_ms`].
     pub backoff_ms: u64,
+    /// When a worker first accepted a lease: the deadline's clock starts here, not at
+    /// submission (see [`JobRecord::deadline_at`]).
+    #[serde(default)]
+    pub started_ms: Option<UnixMillis>,
+    /// The program's exit code, once a quorum agreed on a completed run. Non-zero means the
+    /// program itself reported failure, even though the job is `verified`.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The first bytes of the program's stderr (lossy UTF-8, at most
+    /// [`agora_types::job::MAX_STDERR_BYTES`]) from the first agreeing worker.
+    #[serde(default)]
+    pub stderr: Option<String>,
 }
 
 impl JobRecord {
@@ -416,6 +487,9 @@ impl JobRecord {
             next_announce_ms: None,
             last_announce_ms: now,
             backoff_ms,
+            started_ms: None,
+            exit_code: None,
+            stderr: None,
         }
     }
 
@@ -456,15 +530,70 @@ impl JobRecord {
         used
     }
 
-    /// How many more workers must be leased to reach the target number of results.
+    /// How many more workers must be leased to reach the target number of results. Results
+    /// that are not votes (a worker that hit a machine-dependent limit) do not count.
     pub fn needed(&self) -> usize {
         self.target_replicas
-            .saturating_sub(self.results.len() + self.active_leases().count())
+            .saturating_sub(self.votes() + self.active_leases().count())
     }
 
-    /// The vote count of the results so far.
+    /// How many results are votes.
+    pub fn votes(&self) -> usize {
+        self.results.iter().filter(|r| r.is_vote()).count()
+    }
+
+    /// How many results abstained (machine-dependent failures).
+    pub fn abstentions(&self) -> usize {
+        self.results.len() - self.votes()
+    }
+
+    /// The vote count of the results so far (abstentions excluded).
     pub fn tally(&self) -> Tally {
-        Tally::new(self.results.iter().map(|r| r.verdict))
+        Tally::new(
+            self.results
+                .iter()
+                .filter(|r| r.is_vote())
+                .map(|r| r.verdict),
+        )
+    }
+
+    /// When the job's deadline fires. The rule (ARCHITECTURE.md, "Deadlines"): load makes a
+    /// job slower, never failed. The signed deadline gives the job a budget
+    /// (`deadline_ms - created_ms`) that starts when a worker first accepts a lease, not at
+    /// submission. Even then it fires only while the job is stuck for a reason other than load
+    /// (no capable worker, not enough memory, over its price, a disagreement no untried worker
+    /// is left to settle) and no lease is out; while it waits for busy workers or for bids, or
+    /// while a worker holds a lease (heartbeats keep it alive), it does not. A hard bound of
+    /// [`HARD_DEADLINE_FACTOR`] budgets after submission ends every job.
+    pub fn deadline_at(&self) -> Option<UnixMillis> {
+        let deadline = self.job.payload.deadline_ms;
+        if deadline == 0 || self.is_finished() {
+            return None;
+        }
+        let budget = deadline.saturating_sub(self.created_ms).max(1);
+        let hard = deadline.saturating_add(budget.saturating_mul(HARD_DEADLINE_FACTOR - 1));
+        let stuck = matches!(
+            self.waiting,
+            Some(
+                WaitReason::NoCapableWorker { .. }
+                    | WaitReason::NotEnoughMemory { .. }
+                    | WaitReason::OverMaxPrice { .. }
+                    | WaitReason::Disagreement { .. }
+            )
+        );
+        if !stuck {
+            return Some(hard);
+        }
+        let base = match self.started_ms {
+            Some(s) => s.saturating_add(budget),
+            None => deadline,
+        };
+        let live = self
+            .active_leases()
+            .map(|l| l.expires_ms)
+            .max()
+            .unwrap_or(0);
+        Some(base.max(live).min(hard))
     }
 
     /// The latest lease of `worker`, mutably.
@@ -495,12 +624,15 @@ impl JobRecord {
         if self.is_finished() {
             return None;
         }
-        let deadline = (self.job.payload.deadline_ms != 0).then_some(self.job.payload.deadline_ms);
-        [self.bid_window_closes_ms, self.next_announce_ms, deadline]
-            .into_iter()
-            .flatten()
-            .chain(self.active_leases().map(|l| l.expires_ms))
-            .min()
+        [
+            self.bid_window_closes_ms,
+            self.next_announce_ms,
+            self.deadline_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.active_leases().map(|l| l.expires_ms))
+        .min()
     }
 
     /// A one-line summary for logs and tables, e.g.
@@ -537,7 +669,7 @@ mod tests {
         assert!(matches!(w, WaitReason::NoCapableWorker { .. }));
         assert_eq!(
             w.to_string(),
-            "no worker offers the required capabilities [wasm] with enough memory (1 MiB)"
+            "no worker offers the required capabilities [wasm] (the job needs 1 MiB of memory)"
         );
         let w = WaitReason::from_availability(&a, &caps, 1 << 20, 10, 2);
         assert!(w.to_string().contains("besides the 2 already used"), "{w}");

@@ -30,7 +30,7 @@
 //!   arrival of a bid on its own: bids are soft state, so a bid flood cannot become a flood of
 //!   disk writes (a restored job that needs workers is announced again and collects new bids).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use agora_types::job::{Bid, CapabilityAd, JobId, Lease, Outcome, SignedJob, WorkResult, job_id};
@@ -106,6 +106,16 @@ pub enum Input {
         result: WorkResult,
         /// The signed claim it came in, kept as settlement evidence.
         signed: Option<Signed<WorkResult>>,
+        /// The first bytes of the program's stderr, as the worker sent them beside the claim.
+        stderr: Vec<u8>,
+    },
+    /// A worker holding a lease reports that it is still working on it (signature checked by
+    /// the node). The lease is extended ([`Output::LeaseExtended`]) when it is still active.
+    Heartbeat {
+        /// The job.
+        job_id: JobId,
+        /// The worker.
+        worker: PeerId,
     },
     /// The job's escrow is locked on the ledger: announce it.
     EscrowLocked(JobId),
@@ -187,6 +197,16 @@ pub enum Output {
         /// The job it concerns.
         job_id: Option<JobId>,
     },
+    /// The answer to a [`Input::Heartbeat`]: the worker's lease runs until `expires_ms` now.
+    /// (No answer means the worker holds no active lease on the job: it should stop.)
+    LeaseExtended {
+        /// The job.
+        job_id: JobId,
+        /// The worker.
+        worker: PeerId,
+        /// The lease's new expiry.
+        expires_ms: UnixMillis,
+    },
     /// The job's record changed: write [`Market::job`] to disk. When [`Market::job`] returns
     /// `None` the record was evicted (see [`Config::max_jobs`]): delete it.
     Persist(JobId),
@@ -213,8 +233,32 @@ struct Ctx<'a> {
     local: PeerId,
     reputation: &'a mut Reputation,
     index: &'a CapabilityIndex,
+    load: &'a BTreeMap<PeerId, Load>,
     fx: &'a mut Effects,
     now: UnixMillis,
+}
+
+/// What this submitter knows about one worker's load: its own leases out there, and when it
+/// last answered `Busy`. Admission control: a worker is sent no more of this submitter's leases
+/// than the slots it advertises, and none for a while after a `Busy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Load {
+    /// This submitter's active leases on the worker.
+    ours: u32,
+    /// No new lease before this instant (it answered `Busy`).
+    busy_until: UnixMillis,
+}
+
+/// Order of the jobs waiting for workers: started jobs first (they hold results already),
+/// then by submission.
+type QueueKey = (bool, UnixMillis, JobId);
+
+fn queue_key(rec: &JobRecord) -> Option<QueueKey> {
+    let waiting = !rec.is_finished()
+        && rec.state != JobState::AwaitingEscrow
+        && rec.bid_window_closes_ms.is_none()
+        && rec.needed() > 0;
+    waiting.then_some((rec.started_ms.is_none(), rec.created_ms, rec.id))
 }
 
 impl Ctx<'_> {
@@ -267,6 +311,31 @@ impl Ctx<'_> {
             rec,
             format!("waiting for an escrow of {amount} on the ledger"),
         );
+    }
+
+    /// Whether this submitter should send `worker` no new lease now: it holds `capacity` (at
+    /// least one) of our leases already, or it answered `Busy` recently.
+    fn saturated(&self, worker: &PeerId, capacity: u32) -> bool {
+        self.load
+            .get(worker)
+            .is_some_and(|l| l.ours >= capacity.max(1) || l.busy_until > self.now)
+    }
+
+    /// The workers this submitter knows to be saturated for `rec`: bidders holding as many of
+    /// our leases as the slots they bid with, and any worker at its advertised slots or paused
+    /// after a `Busy`.
+    fn saturated_peers(&self, rec: &JobRecord) -> HashSet<PeerId> {
+        let mut out: HashSet<PeerId> = rec
+            .bids
+            .iter()
+            .filter(|b| self.saturated(&b.worker, b.total_slots))
+            .map(|b| b.worker)
+            .collect();
+        out.extend(self.load.keys().filter(|p| {
+            let cap = self.index.get(p).map_or(1, |e| e.ad.total_slots);
+            self.saturated(p, cap)
+        }));
+        out
     }
 
     fn unused_bids(&self, rec: &JobRecord) -> usize {
@@ -390,16 +459,7 @@ impl Ctx<'_> {
             rec.backoff_ms = self.config.reannounce_initial_ms;
             return;
         }
-        let spec = &rec.job.payload;
-        let used = rec.used_workers();
-        let avail = self.index.query_excluding(spec, self.now, &used);
-        let wait = WaitReason::from_availability(
-            &avail,
-            &spec.capabilities,
-            spec.limits.memory_bytes,
-            spec.max_price,
-            used.len(),
-        );
+        let wait = self.wait_reason(rec);
         if rec.waiting.as_ref() != Some(&wait) {
             let msg = format!("waiting: {wait}");
             rec.waiting = Some(wait);
@@ -422,8 +482,53 @@ impl Ctx<'_> {
         }
     }
 
-    fn lease_to_bidders(&mut self, rec: &mut JobRecord, needed: usize) {
+    /// Why `rec` is short of workers, from the capability index and this submitter's own view
+    /// of the workers' load.
+    fn wait_reason(&self, rec: &JobRecord) -> WaitReason {
+        let spec = &rec.job.payload;
         let used = rec.used_workers();
+        let mut avail = self.index.query_excluding(spec, self.now, &used);
+        let saturated = self.saturated_peers(rec);
+        if !saturated.is_empty() {
+            let mut exclude = used.clone();
+            exclude.extend(saturated);
+            avail.free = avail
+                .free
+                .min(self.index.query_excluding(spec, self.now, &exclude).free);
+        }
+        let tally = rec.tally();
+        let verdicts = rec
+            .results
+            .iter()
+            .filter(|r| r.is_vote())
+            .map(|r| r.verdict)
+            .collect::<BTreeSet<_>>()
+            .len();
+        if avail.capable == 0 && verdicts > 1 && tally.total() > 0 {
+            return WaitReason::Disagreement {
+                verdicts,
+                results: tally.total(),
+            };
+        }
+        WaitReason::from_availability(
+            &avail,
+            &spec.capabilities,
+            spec.limits.memory_bytes,
+            spec.max_price,
+            used.len(),
+        )
+    }
+
+    fn lease_to_bidders(&mut self, rec: &mut JobRecord, needed: usize) {
+        let mut used = rec.used_workers();
+        // Admission control: no more of our leases on a worker than the slots it advertised,
+        // and none on a worker that just answered busy.
+        used.extend(
+            rec.bids
+                .iter()
+                .filter(|b| self.saturated(&b.worker, b.total_slots))
+                .map(|b| b.worker),
+        );
         let infos: Vec<BidInfo> = rec.bids.iter().map(BidRecord::info).collect();
         let picked = select::select(
             &rec.id,
@@ -436,9 +541,7 @@ impl Ctx<'_> {
         );
         let expires_ms = self
             .now
-            .saturating_add(rec.job.payload.limits.wall_time_ms)
-            .saturating_add(self.config.lease_grace_ms)
-            .saturating_add(self.config.fetch_allowance_ms);
+            .saturating_add(self.config.lease_ms(rec.job.payload.limits.wall_time_ms));
         for worker in picked {
             let price = rec
                 .bids
@@ -452,6 +555,8 @@ impl Ctx<'_> {
                 expires_ms,
                 status: LeaseStatus::Offered,
                 ended_ms: None,
+                heartbeat_ms: None,
+                first_expires_ms: expires_ms,
             });
             self.fx.out.push(Output::SendLease {
                 worker,
@@ -520,7 +625,11 @@ impl Ctx<'_> {
         lease.status = status;
         lease.ended_ms = Some(self.now);
         // Its bid is spent: it must bid again (on a later announcement) to be leased again.
-        rec.bids.retain(|b| b.worker != worker);
+        // A busy worker keeps its bid: it is not at fault, and admission control holds it back
+        // until it has room.
+        if status != LeaseStatus::Busy {
+            rec.bids.retain(|b| b.worker != worker);
+        }
         if let Some(action) = action {
             rec.lease_failures = rec.lease_failures.saturating_add(1);
             self.reputation(worker, action, Some(rec.id));
@@ -540,6 +649,7 @@ impl Ctx<'_> {
         from: PeerId,
         outcome: Outcome,
         signed: Option<Signed<WorkResult>>,
+        stderr: &[u8],
     ) {
         let Some(lease) = rec.lease_mut(&from) else {
             self.reputation(from, ReputationAction::BadMessage, Some(rec.id));
@@ -552,7 +662,17 @@ impl Ctx<'_> {
         }
         lease.status = LeaseStatus::Completed;
         lease.ended_ms = Some(self.now);
+        rec.started_ms.get_or_insert(self.now);
         let verdict = outcome.verdict();
+        let vote = outcome.is_vote();
+        let stderr = &stderr[..stderr.len().min(agora_types::job::MAX_STDERR_BYTES)];
+        let msg = match &outcome {
+            Outcome::Failed { kind, .. } if !vote => format!(
+                "result from {from}: {kind} limit on its machine; not counted for or against \
+                 it, another replica is needed"
+            ),
+            _ => format!("result from {from}: verdict {}", verdict.short()),
+        };
         rec.results.push(ResultRecord {
             worker: from,
             outcome,
@@ -560,12 +680,96 @@ impl Ctx<'_> {
             received_ms: self.now,
             agreed: None,
             signed,
+            stderr: String::from_utf8_lossy(stderr).into_owned(),
         });
-        self.log(
-            rec,
-            format!("result from {from}: verdict {}", verdict.short()),
-        );
+        self.log(rec, msg);
+        if !vote && rec.abstentions() >= rec.redundancy() {
+            self.fail_machine_limit(rec);
+            return;
+        }
         self.evaluate(rec);
+    }
+
+    /// As many workers as the redundancy hit a machine-dependent limit (wall time, compile
+    /// time): the job does not fit the workers' machines. It fails without blame: nobody is
+    /// charged, nobody is paid.
+    fn fail_machine_limit(&mut self, rec: &mut JobRecord) {
+        let (kind, detail) = rec
+            .results
+            .iter()
+            .rev()
+            .find_map(|r| match &r.outcome {
+                Outcome::Failed { kind, detail } if !r.is_vote() => {
+                    Some((kind.clone(), detail.clone()))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| ("wall_time".into(), String::new()));
+        let n = rec.abstentions();
+        self.fail(
+            rec,
+            FailReason::Failed {
+                kind,
+                detail: format!(
+                    "{detail} (on {n} workers; a machine-dependent limit, no worker is blamed)"
+                ),
+            },
+        );
+    }
+
+    fn on_heartbeat(&mut self, rec: &mut JobRecord, worker: PeerId) {
+        if rec.is_finished() {
+            return;
+        }
+        let now = self.now;
+        let (half, ext, factor) = (
+            self.config.heartbeat_ms / 2,
+            self.config.heartbeat_extension_ms(),
+            self.config.max_lease_factor.max(1),
+        );
+        let Some(lease) = rec.lease_mut(&worker) else {
+            return;
+        };
+        if !lease.status.is_active() {
+            return;
+        }
+        let mut accepted = false;
+        if lease.status == LeaseStatus::Offered {
+            // The heartbeat overtook the lease's acknowledgement.
+            lease.status = LeaseStatus::Accepted;
+            accepted = true;
+        }
+        // Bounded rate: a heartbeat sooner than half an interval after the last one changes
+        // nothing (it is still answered, so an honest worker never stops).
+        if lease
+            .heartbeat_ms
+            .is_none_or(|t| now >= t.saturating_add(half))
+        {
+            lease.heartbeat_ms = Some(now);
+            let first = if lease.first_expires_ms == 0 {
+                lease.expires_ms
+            } else {
+                lease.first_expires_ms
+            };
+            let cap = lease.offered_ms.saturating_add(
+                first
+                    .saturating_sub(lease.offered_ms)
+                    .saturating_mul(factor),
+            );
+            lease.expires_ms = lease.expires_ms.max(now.saturating_add(ext).min(cap));
+        }
+        let expires_ms = lease.expires_ms;
+        if accepted {
+            rec.started_ms.get_or_insert(now);
+            self.log(rec, format!("{worker} accepted its lease"));
+        }
+        // Not persisted: a heartbeat is soft state, like a bid (a restored lease keeps its last
+        // written expiry and the next heartbeat extends it again).
+        self.fx.out.push(Output::LeaseExtended {
+            job_id: rec.id,
+            worker,
+            expires_ms,
+        });
     }
 
     fn evaluate(&mut self, rec: &mut JobRecord) {
@@ -577,10 +781,10 @@ impl Ctx<'_> {
         }
         // The fewest results that could still settle it, if all further ones agree with the
         // leader.
-        let want = rec.results.len() + tally.replicas_needed(r);
+        let want = rec.votes() + tally.replicas_needed(r);
         if want > rec.target_replicas {
             if want > r + self.config.extra_replica_cap(r) {
-                let results = rec.results.len();
+                let results = rec.votes();
                 self.fail(rec, FailReason::NoQuorum { results });
                 return;
             }
@@ -590,10 +794,11 @@ impl Ctx<'_> {
                 "results disagree ({} verdicts over {} results); adding {added} replica(s)",
                 rec.results
                     .iter()
+                    .filter(|x| x.is_vote())
                     .map(|x| x.verdict)
                     .collect::<BTreeSet<_>>()
                     .len(),
-                rec.results.len()
+                rec.votes()
             );
             self.log(rec, msg);
         }
@@ -604,7 +809,8 @@ impl Ctx<'_> {
         let mut quorum = Vec::new();
         let mut outcome = None;
         let mut verdicts = Vec::new();
-        for res in rec.results.iter_mut() {
+        let mut stderr = None;
+        for res in rec.results.iter_mut().filter(|r| r.outcome.is_vote()) {
             let agreed = res.verdict == verdict;
             res.agreed = Some(agreed);
             verdicts.push((res.worker, agreed));
@@ -612,6 +818,7 @@ impl Ctx<'_> {
                 quorum.push(res.worker);
                 if outcome.is_none() {
                     outcome = Some(res.outcome.clone());
+                    stderr = Some(res.stderr.clone());
                 }
             }
         }
@@ -620,16 +827,27 @@ impl Ctx<'_> {
         };
         rec.outcome = Some(outcome.clone());
         rec.quorum = quorum.clone();
+        rec.exit_code = outcome.exit_code();
+        rec.stderr = stderr.filter(|s| !s.is_empty());
         match &outcome {
-            Outcome::Completed { output_hash, .. } => {
+            Outcome::Completed {
+                output_hash,
+                exit_code,
+                ..
+            } => {
                 rec.state = JobState::Verified;
                 self.finish(rec);
-                let msg = format!(
+                let mut msg = format!(
                     "verified by {} of {} workers: output {}",
                     quorum.len(),
                     rec.results.len(),
                     output_hash.short()
                 );
+                if *exit_code != 0 {
+                    msg.push_str(&format!(
+                        "; the program exited with code {exit_code} (it reported a failure)"
+                    ));
+                }
                 self.log(rec, msg);
                 self.fx.out.push(Output::Verified {
                     job_id: rec.id,
@@ -670,8 +888,7 @@ impl Ctx<'_> {
         if rec.is_finished() {
             return;
         }
-        let deadline = rec.job.payload.deadline_ms;
-        if deadline != 0 && self.now >= deadline {
+        if rec.deadline_at().is_some_and(|d| self.now >= d) {
             self.fail(rec, FailReason::Deadline);
             return;
         }
@@ -710,7 +927,17 @@ pub struct Market {
     jobs: BTreeMap<JobId, JobRecord>,
     reputation: Reputation,
     index: CapabilityIndex,
+    /// Our view of each worker's load (admission control); only workers holding our leases or
+    /// recently busy, so bounded by the active leases.
+    load: BTreeMap<PeerId, Load>,
+    /// Jobs short of workers with no bid window open, in [`QueueKey`] order, and each one's
+    /// key: when a worker frees a slot the first of them are offered it.
+    queue: BTreeSet<QueueKey>,
+    queued: BTreeMap<JobId, QueueKey>,
 }
+
+/// How many queued jobs are tried when a worker frees a slot.
+const KICK_JOBS: usize = 8;
 
 impl Market {
     /// A market for the node `local`, with no jobs.
@@ -723,6 +950,9 @@ impl Market {
             jobs: BTreeMap::new(),
             reputation,
             index,
+            load: BTreeMap::new(),
+            queue: BTreeSet::new(),
+            queued: BTreeMap::new(),
         }
     }
 
@@ -739,8 +969,27 @@ impl Market {
     /// Feeds one input at time `now`; returns what the node must do, in order.
     pub fn handle(&mut self, input: Input, now: UnixMillis) -> Vec<Output> {
         let mut fx = Effects::default();
+        let freed = self.handle_input(input, now, &mut fx);
+        if freed {
+            self.kick(now, &mut fx);
+        }
+        fx.finish()
+    }
+
+    /// Offers freed worker slots to the first queued jobs.
+    fn kick(&mut self, now: UnixMillis, fx: &mut Effects) {
+        let ids: Vec<JobId> = self.queue.iter().take(KICK_JOBS).map(|k| k.2).collect();
+        for id in ids {
+            self.with_job(&id, now, fx, |ctx, rec| ctx.refill(rec));
+        }
+    }
+
+    /// Carries out one input; returns whether some worker's slot held by us was freed.
+    fn handle_input(&mut self, input: Input, now: UnixMillis, fx: &mut Effects) -> bool {
+        let fx = &mut *fx;
+        let mut freed = false;
         match input {
-            Input::Submit(job) => self.submit(job, now, &mut fx),
+            Input::Submit(job) => self.submit(job, now, fx),
             Input::CapabilityAd { from, ad, ip } => {
                 self.index.insert(from, ad, ip, now);
             }
@@ -751,19 +1000,23 @@ impl Market {
                 ip,
             } => {
                 let id = bid.job_id;
-                self.with_job(&id, now, &mut fx, |ctx, rec| {
+                freed |= self.with_job_freed(&id, now, fx, |ctx, rec| {
                     ctx.on_bid(rec, from, bid, rtt_ms, ip)
                 });
             }
             Input::LeaseAccepted { job_id, worker } => {
-                self.with_job(&job_id, now, &mut fx, |ctx, rec| {
+                self.with_job(&job_id, now, fx, |ctx, rec| {
                     if let Some(l) = rec.lease_mut(&worker)
                         && l.status == LeaseStatus::Offered
                     {
                         l.status = LeaseStatus::Accepted;
+                        rec.started_ms.get_or_insert(ctx.now);
                         ctx.log(rec, format!("{worker} accepted its lease"));
                     }
                 });
+            }
+            Input::Heartbeat { job_id, worker } => {
+                self.with_job(&job_id, now, fx, |ctx, rec| ctx.on_heartbeat(rec, worker));
             }
             Input::LeaseRefused {
                 job_id,
@@ -771,7 +1024,7 @@ impl Market {
                 reason,
             } => {
                 let reason = truncate(&reason, MAX_REASON_LEN);
-                self.with_job(&job_id, now, &mut fx, |ctx, rec| {
+                freed |= self.with_job_freed(&job_id, now, fx, |ctx, rec| {
                     if rec.is_finished() {
                         return;
                     }
@@ -787,7 +1040,15 @@ impl Market {
                 });
             }
             Input::LeaseBusy { job_id, worker } => {
-                self.with_job(&job_id, now, &mut fx, |ctx, rec| {
+                if self.jobs.get(&job_id).is_some_and(|r| {
+                    r.lease_of(&worker)
+                        .is_some_and(|l| l.status.is_active() && !r.is_finished())
+                }) {
+                    // Hold the worker back before the job looks for a replacement.
+                    let busy_until = now.saturating_add(self.config.busy_backoff_ms);
+                    self.load.entry(worker).or_default().busy_until = busy_until;
+                }
+                self.with_job(&job_id, now, fx, |ctx, rec| {
                     if rec.is_finished() {
                         return;
                     }
@@ -799,14 +1060,19 @@ impl Market {
                 from,
                 result,
                 signed,
+                stderr,
             } => {
                 let id = result.job_id;
-                self.with_job(&id, now, &mut fx, |ctx, rec| {
-                    ctx.on_result(rec, from, result.outcome, signed)
+                // A worker that delivers has a free slot again: its busy pause ends.
+                if let Some(l) = self.load.get_mut(&from) {
+                    l.busy_until = 0;
+                }
+                freed |= self.with_job_freed(&id, now, fx, |ctx, rec| {
+                    ctx.on_result(rec, from, result.outcome, signed, &stderr)
                 });
             }
             Input::EscrowLocked(id) => {
-                self.with_job(&id, now, &mut fx, |ctx, rec| {
+                self.with_job(&id, now, fx, |ctx, rec| {
                     if rec.state == JobState::AwaitingEscrow {
                         rec.state = JobState::Bidding;
                         ctx.log(rec, "escrow locked on the ledger");
@@ -822,7 +1088,7 @@ impl Market {
                     .map(|r| r.id)
                     .collect();
                 for id in ids {
-                    self.with_job(&id, now, &mut fx, |ctx, rec| {
+                    freed |= self.with_job_freed(&id, now, fx, |ctx, rec| {
                         ctx.lost_lease(
                             rec,
                             peer,
@@ -844,7 +1110,7 @@ impl Market {
                 }
             }
             Input::Cancel(id) => {
-                self.with_job(&id, now, &mut fx, |ctx, rec| {
+                freed |= self.with_job_freed(&id, now, fx, |ctx, rec| {
                     ctx.fail(rec, FailReason::Cancelled)
                 });
             }
@@ -857,11 +1123,28 @@ impl Market {
                     .map(|r| r.id)
                     .collect();
                 for id in due {
-                    self.with_job(&id, now, &mut fx, |ctx, rec| ctx.tick(rec));
+                    freed |= self.with_job_freed(&id, now, fx, |ctx, rec| ctx.tick(rec));
                 }
+                // Workers whose busy pause ended may take queued jobs.
+                let before = self.load.len();
+                self.load.retain(|_, l| l.ours > 0 || l.busy_until > now);
+                freed |= self.load.len() < before;
             }
         }
-        fx.finish()
+        freed
+    }
+
+    /// [`Market::with_job`], returning whether one of our slots on a worker was freed.
+    fn with_job_freed(
+        &mut self,
+        id: &JobId,
+        now: UnixMillis,
+        fx: &mut Effects,
+        f: impl FnOnce(&mut Ctx<'_>, &mut JobRecord),
+    ) -> bool {
+        let before = self.load.values().map(|l| u64::from(l.ours)).sum::<u64>();
+        self.with_job(id, now, fx, f);
+        self.load.values().map(|l| u64::from(l.ours)).sum::<u64>() < before
     }
 
     fn with_job<R>(
@@ -872,15 +1155,22 @@ impl Market {
         f: impl FnOnce(&mut Ctx<'_>, &mut JobRecord) -> R,
     ) -> Option<R> {
         let rec = self.jobs.get_mut(id)?;
+        let before: Vec<PeerId> = rec.active_leases().map(|l| l.worker).collect();
         let mut ctx = Ctx {
             config: &self.config,
             local: self.local,
             reputation: &mut self.reputation,
             index: &self.index,
+            load: &self.load,
             fx,
             now,
         };
-        Some(f(&mut ctx, rec))
+        let r = f(&mut ctx, rec);
+        let after: Vec<PeerId> = rec.active_leases().map(|l| l.worker).collect();
+        let key = queue_key(rec);
+        track_load(&mut self.load, &before, &after, now);
+        track_queue(&mut self.queue, &mut self.queued, *id, key);
+        Some(r)
     }
 
     /// Makes room for one more job: forgets the oldest finished job if the market is full.
@@ -898,6 +1188,7 @@ impl Market {
         match oldest {
             Some(id) => {
                 self.jobs.remove(&id);
+                track_queue(&mut self.queue, &mut self.queued, id, None);
                 fx.changed.insert(id);
                 true
             }
@@ -926,6 +1217,7 @@ impl Market {
             local: self.local,
             reputation: &mut self.reputation,
             index: &self.index,
+            load: &self.load,
             fx,
             now,
         };
@@ -943,6 +1235,7 @@ impl Market {
         } else {
             ctx.announce(&mut rec);
         }
+        track_queue(&mut self.queue, &mut self.queued, id, queue_key(&rec));
         self.jobs.insert(id, rec);
     }
 
@@ -979,6 +1272,7 @@ impl Market {
                     local: self.local,
                     reputation: &mut self.reputation,
                     index: &self.index,
+                    load: &self.load,
                     fx: &mut fx,
                     now,
                 };
@@ -996,6 +1290,9 @@ impl Market {
                     ctx.announce(&mut rec);
                 }
             }
+            let active: Vec<PeerId> = rec.active_leases().map(|l| l.worker).collect();
+            track_load(&mut self.load, &[], &active, now);
+            track_queue(&mut self.queue, &mut self.queued, rec.id, queue_key(&rec));
             self.jobs.insert(rec.id, rec);
         }
         fx.finish()
@@ -1032,6 +1329,54 @@ impl Market {
             .values()
             .filter_map(JobRecord::next_deadline)
             .min()
+    }
+}
+
+/// Moves our lease counts from the workers in `before` to those in `after`, and forgets
+/// workers that hold none of our leases and are not paused.
+fn track_load(
+    load: &mut BTreeMap<PeerId, Load>,
+    before: &[PeerId],
+    after: &[PeerId],
+    now: UnixMillis,
+) {
+    if before == after {
+        return;
+    }
+    for w in before {
+        if let Some(l) = load.get_mut(w) {
+            l.ours = l.ours.saturating_sub(1);
+        }
+    }
+    for w in after {
+        load.entry(*w).or_default().ours += 1;
+    }
+    for w in before {
+        if !after.contains(w)
+            && let Some(l) = load.get(w)
+            && l.ours == 0
+            && l.busy_until <= now
+        {
+            load.remove(w);
+        }
+    }
+}
+
+fn track_queue(
+    queue: &mut BTreeSet<QueueKey>,
+    queued: &mut BTreeMap<JobId, QueueKey>,
+    id: JobId,
+    key: Option<QueueKey>,
+) {
+    if queued.get(&id) == key.as_ref() {
+        return;
+    }
+    if let Some(old) = queued.remove(&id) {
+        queue.remove(&old);
+    }
+    if let Some(k) = key {
+        queue.insert(k);
+        queued.insert(id, k);
     }
 }
 

@@ -87,6 +87,7 @@ fn result(m: &mut Market, i: u8, id: JobId, outcome: Outcome, now: UnixMillis) -
                 price: 0,
             },
             signed: None,
+            stderr: vec![],
         },
         now,
     )
@@ -559,23 +560,59 @@ fn deadline_and_cancel() {
     let mut s = spec();
     s.deadline_ms = 3_000;
     let (id, _) = submit(&mut m, s, 0);
-    assert_eq!(bid_all(&mut m, 1..=3, id, 1).len(), 3);
-    assert_eq!(m.next_deadline(), Some(3_000));
-    let out = m.handle(Input::Tick, 3_000);
-    assert!(out.contains(&Output::Failed {
-        job_id: id,
-        reason: FailReason::Deadline
-    }));
+    let workers = bid_all(&mut m, 1..=3, id, 1);
+    assert_eq!(workers.len(), 3);
+    for w in &workers {
+        m.handle(
+            Input::LeaseAccepted {
+                job_id: id,
+                worker: *w,
+            },
+            200,
+        );
+    }
+    assert_eq!(m.job(&id).unwrap().started_ms, Some(200));
+    // The budget (3 s from the first acceptance) is spent at 3_200, but the replicas hold live
+    // leases: the deadline waits for them (their expiry), it does not cut them off.
+    let expires = m.job(&id).unwrap().leases[0].expires_ms;
+    assert!(expires > 3_200);
+    assert_eq!(m.next_deadline(), Some(expires));
+    assert!(
+        !m.handle(Input::Tick, 3_300)
+            .iter()
+            .any(|o| matches!(o, Output::Failed { .. }))
+    );
+    // They fall silent: their leases expire (and are cancelled), the job looks for others.
+    let out = m.handle(Input::Tick, expires);
+    assert!(!out.iter().any(|o| matches!(o, Output::Failed { .. })));
     assert_eq!(
         out.iter()
             .filter(|o| matches!(o, Output::CancelLease { .. }))
             .count(),
         3
     );
+    // Once no capable worker is left (their ads lapse), the spent budget ends the job.
+    let ttl = Config::local().ad_ttl_ms;
+    let mut now = expires;
+    let failed_at = loop {
+        now = m.next_deadline().expect("timer").max(now + 1);
+        let out = m.handle(Input::Tick, now);
+        if out.contains(&Output::Failed {
+            job_id: id,
+            reason: FailReason::Deadline,
+        }) {
+            break now;
+        }
+        assert!(now < expires + 2 * ttl, "{}", m.job(&id).unwrap().summary());
+    };
+    assert!(
+        failed_at > ttl,
+        "not while the workers were still advertised"
+    );
     // Results after the end are ignored without blame.
     assert!(result(&mut m, 1, id, ok("x"), 3_001).is_empty());
 
-    // Already past its deadline at submission.
+    // Already past its deadline at submission (and no worker could take it anyway).
     let mut s = spec();
     s.deadline_ms = 10;
     let (id2, out) = submit(&mut m, s, 20);
@@ -851,6 +888,9 @@ mod props {
         Accept(u8),
         Refuse(u8),
         Result(u8, u8),
+        Slow(u8),
+        Busy(u8),
+        Beat(u8),
         Disconnect(u8),
         Tick(u64),
     }
@@ -861,6 +901,9 @@ mod props {
             (1u8..=6).prop_map(Op::Accept),
             (1u8..=6).prop_map(Op::Refuse),
             (1u8..=6, 0u8..3).prop_map(|(w, v)| Op::Result(w, v)),
+            (1u8..=6).prop_map(Op::Slow),
+            (1u8..=6).prop_map(Op::Busy),
+            (1u8..=6).prop_map(Op::Beat),
             (1u8..=6).prop_map(Op::Disconnect),
             (1u64..5_000).prop_map(Op::Tick),
         ]
@@ -900,7 +943,23 @@ mod props {
                             price: 0,
                         },
                         signed: None,
+                        stderr: vec![],
                     },
+                    Op::Slow(w) => Input::Result {
+                        from: peer(w),
+                        result: WorkResult {
+                            job_id: id,
+                            outcome: Outcome::Failed {
+                                kind: "wall_time".into(),
+                                detail: String::new(),
+                            },
+                            price: 0,
+                        },
+                        signed: None,
+                        stderr: vec![],
+                    },
+                    Op::Busy(w) => Input::LeaseBusy { job_id: id, worker: peer(w) },
+                    Op::Beat(w) => Input::Heartbeat { job_id: id, worker: peer(w) },
                     Op::Disconnect(w) => Input::PeerDisconnected(peer(w)),
                     Op::Tick(dt) => {
                         now += dt;
@@ -917,11 +976,19 @@ mod props {
                 let r = rec.redundancy();
                 prop_assert!(rec.bids.len() <= cfg.max_bids_per_job);
                 prop_assert!(rec.timeline.len() <= cfg.max_timeline);
-                prop_assert!(rec.results.len() <= r + cfg.extra_replica_cap(r));
+                // Abstentions (machine-dependent limits) are at most r - 1 beyond the votes.
+                prop_assert!(rec.votes() <= r + cfg.extra_replica_cap(r));
+                prop_assert!(rec.abstentions() <= r);
+                // Busy answers are not lost leases: bounded by the attempts at each bid.
                 prop_assert!(
-                    rec.leases.len()
-                        <= r + cfg.extra_replica_cap(r) + cfg.max_attempts as usize + 1
+                    rec.leases.iter().filter(|l| l.status != LeaseStatus::Busy).count()
+                        <= 2 * r + cfg.extra_replica_cap(r) + cfg.max_attempts as usize + 1
                 );
+                for l in &rec.leases {
+                    let first = l.first_expires_ms - l.offered_ms;
+                    prop_assert!(l.expires_ms - l.offered_ms <= first * cfg.max_lease_factor);
+                }
+                prop_assert!(rec.results.iter().all(|x| x.agreed.is_none() || x.is_vote()));
                 let mut workers: Vec<PeerId> = rec.results.iter().map(|x| x.worker).collect();
                 workers.sort();
                 workers.dedup();
@@ -930,7 +997,7 @@ mod props {
                 if rec.state == JobState::Verified {
                     let v = rec.outcome.as_ref().expect("outcome").verdict();
                     let agree = rec.results.iter().filter(|x| x.verdict == v).count();
-                    prop_assert!(agree >= r && 2 * agree > rec.results.len());
+                    prop_assert!(agree >= r && 2 * agree > rec.votes());
                     prop_assert_eq!(rec.quorum.len(), agree);
                     prop_assert_eq!(rec.active_leases().count(), 0);
                 }
@@ -986,4 +1053,367 @@ fn with_escrow_required_a_job_is_announced_only_once_locked() {
     let out = fresh.restore(vec![rec], 20_000);
     assert!(out.iter().any(|o| matches!(o, Output::LockEscrow { .. })));
     assert_eq!(announces(&out), 0);
+}
+
+/// The worker at `i`'s lease on `id` accepted at `now`.
+fn accept(m: &mut Market, i: u8, id: JobId, now: UnixMillis) {
+    m.handle(
+        Input::LeaseAccepted {
+            job_id: id,
+            worker: peer(i),
+        },
+        now,
+    );
+}
+
+fn beat(m: &mut Market, i: u8, id: JobId, now: UnixMillis) -> Option<UnixMillis> {
+    m.handle(
+        Input::Heartbeat {
+            job_id: id,
+            worker: peer(i),
+        },
+        now,
+    )
+    .iter()
+    .find_map(|o| match o {
+        Output::LeaseExtended { expires_ms, .. } => Some(*expires_ms),
+        _ => None,
+    })
+}
+
+#[test]
+fn heartbeats_extend_a_live_lease_up_to_a_cap_and_a_silent_one_expires() {
+    let cfg = Config::local();
+    let mut m = market_with(4);
+    let (id, _) = submit(&mut m, spec(), 0);
+    let workers: Vec<u8> = bid_all(&mut m, 1..=3, id, 1).into_iter().map(idx).collect();
+    assert_eq!(workers.len(), 3);
+    for w in &workers {
+        accept(&mut m, *w, id, 200);
+    }
+    let first = m.job(&id).unwrap().lease_of(&peer(1)).unwrap().expires_ms;
+    // Workers 1 and 2 stay alive past the first expiry; worker 3 falls silent.
+    let mut now = 200;
+    let mut last = first;
+    while now < first + 2_000 {
+        now += cfg.heartbeat_ms;
+        for w in [1, 2] {
+            let e = beat(&mut m, w, id, now).expect("extended");
+            assert!(e >= now + cfg.heartbeat_ms, "{e} at {now}");
+            last = e;
+        }
+        assert!(m.handle(Input::Tick, now).iter().all(|o| !matches!(
+            o,
+            Output::Reputation { peer: p, action: ReputationAction::LeaseExpired, .. } if *p != peer(3)
+        )));
+    }
+    let rec = m.job(&id).unwrap();
+    assert_eq!(rec.lease_of(&peer(3)).unwrap().status, LeaseStatus::Expired);
+    assert_eq!(
+        rec.lease_of(&peer(1)).unwrap().status,
+        LeaseStatus::Accepted
+    );
+    assert!(last > first);
+    // A heartbeat sooner than half an interval changes nothing but is still answered.
+    assert_eq!(beat(&mut m, 1, id, now + 1), Some(last));
+    // Worker 3 holds no lease any more: its heartbeat gets no extension (the node answers
+    // "stop"), and so does a stranger's.
+    assert_eq!(beat(&mut m, 3, id, now + 2), None);
+    assert_eq!(beat(&mut m, 9, id, now + 2), None);
+    // However long it heartbeats, a lease ends at max_lease_factor times its first length.
+    let offered = m.job(&id).unwrap().lease_of(&peer(1)).unwrap().offered_ms;
+    let cap = offered + (first - offered) * cfg.max_lease_factor;
+    let mut t = now;
+    while t < cap + 10_000 {
+        t += cfg.heartbeat_ms;
+        if let Some(e) = beat(&mut m, 1, id, t) {
+            assert!(e <= cap);
+        }
+        m.handle(Input::Tick, t);
+    }
+    let l = m.job(&id).unwrap().lease_of(&peer(1)).unwrap().clone();
+    assert_eq!(l.status, LeaseStatus::Expired, "{l:?}");
+}
+
+#[test]
+fn deadline_does_not_fire_while_queued_for_busy_workers() {
+    let mut m = market_with(3);
+    let mut s = spec();
+    s.deadline_ms = 2_000;
+    let (id, _) = submit(&mut m, s, 0);
+    // Every worker answers busy: the job waits with that reason, past its signed deadline.
+    for w in bid_all(&mut m, 1..=3, id, 1) {
+        m.handle(
+            Input::LeaseBusy {
+                job_id: id,
+                worker: w,
+            },
+            160,
+        );
+    }
+    let rec = m.job(&id).unwrap();
+    assert!(
+        matches!(rec.waiting, Some(WaitReason::AllWorkersBusy { capable: 3 })),
+        "{:?}",
+        rec.waiting
+    );
+    assert_eq!(
+        rec.waiting.as_ref().unwrap().to_string(),
+        "all 3 capable workers are busy; waiting for a free slot"
+    );
+    let mut now = 160;
+    while now < 15_000 {
+        now = m.next_deadline().expect("a timer").max(now + 1);
+        let out = m.handle(Input::Tick, now);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Failed { .. })),
+            "failed while queued at {now}: {}",
+            m.job(&id).unwrap().summary()
+        );
+        // Workers stay busy (and keep advertising): every re-announcement collects busy
+        // answers again.
+        for i in 1..=3 {
+            m.handle(
+                Input::CapabilityAd {
+                    from: peer(i),
+                    ad: ad(&["wasm"], 1 << 30, 10, 2, now),
+                    ip: None,
+                },
+                now,
+            );
+        }
+        for w in leased(&out) {
+            m.handle(
+                Input::LeaseBusy {
+                    job_id: id,
+                    worker: w,
+                },
+                now,
+            );
+        }
+        for i in 1..=3 {
+            for w in leased(&bid(&mut m, i, id, 10, now)) {
+                m.handle(
+                    Input::LeaseBusy {
+                        job_id: id,
+                        worker: w,
+                    },
+                    now,
+                );
+            }
+        }
+    }
+    let rec = m.job(&id).unwrap();
+    assert!(
+        !rec.is_finished() && rec.started_ms.is_none(),
+        "{}",
+        rec.summary()
+    );
+    // Slots free up: it runs and verifies, long after the signed deadline (and before the
+    // hard bound of ten budgets).
+    now += 2_000;
+    assert!(now + 300 < 10 * 2_000);
+    m.handle(Input::Tick, now);
+    let mut got = Vec::new();
+    for i in 1..=3 {
+        got.extend(leased(&bid(&mut m, i, id, 10, now)));
+    }
+    got.extend(leased(&m.handle(Input::Tick, now + 200)));
+    assert_eq!(got.len(), 3, "{}", m.job(&id).unwrap().summary());
+    for w in got {
+        result(&mut m, idx(w), id, ok("x"), now + 300);
+    }
+    assert_eq!(m.job(&id).unwrap().state, JobState::Verified);
+}
+
+#[test]
+fn admission_control_keeps_leases_within_advertised_slots() {
+    // Two workers with 2 slots each (their bids say so) and ten jobs of redundancy 1.
+    let mut m = market_with(2);
+    let mut ids = Vec::new();
+    for k in 0..10 {
+        let mut s = spec();
+        s.redundancy = 1;
+        s.nonce = 100 + k;
+        let (id, _) = submit(&mut m, s, k);
+        ids.push(id);
+    }
+    let mut out = Vec::new();
+    for id in &ids {
+        for i in 1..=2 {
+            out.extend(bid(&mut m, i, *id, 10, 20));
+        }
+    }
+    out.extend(m.handle(Input::Tick, 200));
+    let per_worker = |m: &Market, i: u8| {
+        m.jobs()
+            .flat_map(|r| r.active_leases())
+            .filter(|l| l.worker == peer(i))
+            .count()
+    };
+    assert_eq!(per_worker(&m, 1), 2);
+    assert_eq!(per_worker(&m, 2), 2);
+    let waiting: Vec<JobRecord> = m
+        .jobs()
+        .filter(|r| r.active_leases().count() == 0)
+        .cloned()
+        .collect();
+    assert_eq!(waiting.len(), 6);
+    for r in &waiting {
+        assert!(
+            matches!(r.waiting, Some(WaitReason::AllWorkersBusy { .. })),
+            "{}",
+            r.summary()
+        );
+    }
+    // A result frees a slot: the oldest queued job takes it at once, without a new auction.
+    let done = m
+        .jobs()
+        .find(|r| r.lease_of(&peer(1)).is_some_and(|l| l.status.is_active()))
+        .unwrap()
+        .id;
+    let out = result(&mut m, 1, done, ok("y"), 300);
+    assert_eq!(leased(&out), vec![peer(1)]);
+    assert_eq!(per_worker(&m, 1), 2);
+    let oldest_waiting = waiting.iter().min_by_key(|r| r.created_ms).unwrap().id;
+    assert!(m.job(&oldest_waiting).unwrap().active_leases().count() == 1);
+}
+
+#[test]
+fn a_wall_time_result_is_neither_agreement_nor_blame() {
+    let mut m = market_with(5);
+    let (id, _) = submit(&mut m, spec(), 0);
+    let got = bid_all(&mut m, 1..=3, id, 1);
+    assert_eq!(got.len(), 3);
+    let slow = Outcome::Failed {
+        kind: "wall_time".into(),
+        detail: "wall-clock limit of 1s exceeded".into(),
+    };
+    let out = result(&mut m, idx(got[0]), id, slow.clone(), 200);
+    assert!(reps(&out).is_empty(), "no reputation change for a timeout");
+    // Another replica replaces it.
+    let mut more = leased(&out);
+    more.extend(leased(&bid(&mut m, 4, id, 10, 210)));
+    assert_eq!(more.len(), 1, "{}", m.job(&id).unwrap().summary());
+    result(&mut m, idx(got[1]), id, ok("x"), 300);
+    result(&mut m, idx(got[2]), id, ok("x"), 300);
+    let out = result(&mut m, idx(more[0]), id, ok("x"), 400);
+    let rec = m.job(&id).unwrap();
+    assert_eq!(rec.state, JobState::Verified, "{}", rec.summary());
+    let r = reps(&out);
+    assert!(!r.iter().any(|(p, _)| *p == got[0]), "{r:?}");
+    assert!(r.iter().all(|(_, a)| *a == ReputationAction::ResultAgreed));
+    let slow_rec = rec.results.iter().find(|x| x.worker == got[0]).unwrap();
+    assert_eq!(slow_rec.agreed, None, "neither agreed nor outvoted");
+}
+
+#[test]
+fn r_wall_time_results_fail_the_job_without_blame() {
+    let mut m = market_with(6);
+    let (id, _) = submit(&mut m, spec(), 0);
+    let slow = Outcome::Failed {
+        kind: "wall_time".into(),
+        detail: "too slow".into(),
+    };
+    let mut workers = bid_all(&mut m, 1..=3, id, 1);
+    let mut all = Vec::new();
+    let mut now = 200;
+    while let Some(w) = workers.pop() {
+        all.extend(reps(&result(&mut m, idx(w), id, slow.clone(), now)));
+        now += 10;
+        for i in 4..=6 {
+            workers.extend(leased(&bid(&mut m, i, id, 10, now)));
+        }
+        if m.job(&id).unwrap().is_finished() {
+            break;
+        }
+    }
+    let rec = m.job(&id).unwrap();
+    assert_eq!(rec.state, JobState::Failed);
+    assert_eq!(rec.abstentions(), 3);
+    assert!(
+        matches!(&rec.fail_reason, Some(FailReason::Failed { kind, .. }) if kind == "wall_time"),
+        "{:?}",
+        rec.fail_reason
+    );
+    assert!(all.is_empty(), "nobody blamed or credited: {all:?}");
+    assert!(rec.outcome.is_none(), "nothing to pay");
+}
+
+#[test]
+fn exit_code_and_stderr_are_recorded() {
+    let mut m = market_with(3);
+    let (id, _) = submit(&mut m, spec(), 0);
+    let got = bid_all(&mut m, 1..=3, id, 1);
+    let failed_program = Outcome::Completed {
+        exit_code: 7,
+        output_hash: Hash::of(b""),
+        fuel_used: 1,
+    };
+    for w in got {
+        m.handle(
+            Input::Result {
+                from: w,
+                result: WorkResult {
+                    job_id: id,
+                    outcome: failed_program.clone(),
+                    price: 0,
+                },
+                signed: None,
+                stderr: b"bad input: expected a number\n".to_vec(),
+            },
+            200,
+        );
+    }
+    let rec = m.job(&id).unwrap();
+    assert_eq!(rec.state, JobState::Verified);
+    assert_eq!(rec.exit_code, Some(7));
+    assert_eq!(
+        rec.stderr.as_deref(),
+        Some("bad input: expected a number\n")
+    );
+    assert!(
+        rec.timeline
+            .iter()
+            .any(|e| e.event.contains("exited with code 7")),
+        "{:?}",
+        rec.timeline
+    );
+    // Serialized (what GET /v1/jobs/{id} shows) with those names.
+    let v = serde_json::to_value(rec).unwrap();
+    assert_eq!(v["exit_code"], 7);
+    assert!(v["stderr"].as_str().unwrap().starts_with("bad input"));
+}
+
+#[test]
+fn wait_reason_names_memory_and_disagreement_not_only_memory() {
+    // Workers with the capability but too little memory.
+    let mut m = market();
+    m.handle(
+        Input::CapabilityAd {
+            from: peer(1),
+            ad: ad(&["wasm"], 1 << 10, 10, 2, 1),
+            ip: None,
+        },
+        0,
+    );
+    let (id, _) = submit(&mut m, spec(), 0);
+    m.handle(Input::Tick, 200);
+    let w = m.job(&id).unwrap().waiting.clone().unwrap();
+    assert!(matches!(w, WaitReason::NotEnoughMemory { .. }), "{w:?}");
+    assert!(w.to_string().contains("memory"), "{w}");
+    // Three workers disagree and no other capable worker is known.
+    let mut m = market_with(3);
+    let (id, _) = submit(&mut m, spec(), 0);
+    let got = bid_all(&mut m, 1..=3, id, 1);
+    result(&mut m, idx(got[0]), id, ok("a"), 200);
+    result(&mut m, idx(got[1]), id, ok("b"), 200);
+    result(&mut m, idx(got[2]), id, ok("c"), 200);
+    let w = m.job(&id).unwrap().waiting.clone().unwrap();
+    assert!(
+        matches!(w, WaitReason::Disagreement { verdicts: 3, .. }),
+        "{w:?}"
+    );
+    assert!(w.to_string().contains("disagree"), "{w}");
+    assert!(!w.to_string().contains("memory"), "{w}");
 }

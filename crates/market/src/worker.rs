@@ -141,6 +141,18 @@ impl Leases {
         Ok(())
     }
 
+    /// The submitter extended the lease on `job_id` (it answered a heartbeat): hold it until
+    /// at least `until`. Returns whether it was held.
+    pub fn extend(&mut self, job_id: &JobId, until: UnixMillis) -> bool {
+        match self.held.get_mut(job_id) {
+            Some(e) => {
+                *e = (*e).max(until);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The job is done (result sent); frees its slot. Returns whether it was held.
     pub fn finish(&mut self, job_id: &JobId) -> bool {
         self.held.remove(job_id).is_some()
@@ -252,6 +264,11 @@ mod tests {
         l.accept(b, 200).expect("b");
         assert_eq!(l.free_slots(), 0);
         assert_eq!(l.accept(c, 100), Err(Refusal::Full { capacity: 2 }));
+        assert!(l.extend(&b, 400), "extended");
+        assert!(!l.extend(&c, 400), "not held");
+        assert!(l.expire(300).contains(&a));
+        assert!(l.contains(&b), "b lives until 400");
+        l.accept(a, 100).expect("a again");
         assert_eq!(l.expire(150), vec![a]);
         assert!(l.cancel(&b));
         assert!(!l.finish(&b));

@@ -2,11 +2,16 @@
 //! submitter and the worker policy as worker, exchanging messages through an in-memory event
 //! queue with simulated latency and execution times. No threads, sockets or clocks: the same seed
 //! gives the same run.
+//!
+//! Workers behave as the node's: a lease book of four leases per executor slot (accepted leases
+//! queue for a slot), `Busy` when it is full, a heartbeat per interval while a lease is held.
+//! The load scenarios slow every execution down (a CPU hog, in simulated time), submit all jobs
+//! at once and crash a worker, and check that load only makes jobs slower, never failed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
-use agora_market::worker::{Leases, Offer, bid_for};
+use agora_market::worker::{Leases, Offer, Refusal, bid_for};
 use agora_market::{Config, Input, JobState, Market, Output};
 use agora_types::job::{
     Bid, CapabilityAd, JobId, JobLimits, JobSpec, Lease, Outcome, SignedJob, WorkResult, job_id,
@@ -26,14 +31,28 @@ const TIME_LIMIT_MS: u64 = 600_000;
 enum Msg {
     Announce(SignedJob),
     Ad(CapabilityAd),
-    Reputation { subject: PeerId, delta: i64 },
+    Reputation {
+        subject: PeerId,
+        delta: i64,
+    },
     Bid(Bid),
     Lease(Lease),
     LeaseAccepted(JobId),
     LeaseRefused(JobId, String),
+    LeaseBusy(JobId),
+    Heartbeat(JobId),
+    Extended(JobId, UnixMillis),
     Result(WorkResult),
     Cancel(JobId),
-    ExecDone { job: JobId, submitter: usize },
+    ExecDone {
+        job: JobId,
+        submitter: usize,
+    },
+    /// A worker's heartbeat timer for a lease.
+    Beat {
+        job: JobId,
+        submitter: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -50,10 +69,37 @@ struct Node {
     market: Market,
     offer: Offer,
     leases: Leases,
+    /// Executor slots: leases beyond them wait in `queue`.
+    slots: usize,
+    running: usize,
+    queue: std::collections::VecDeque<(JobId, usize)>,
     byzantine: bool,
     ad_seq: u64,
     tick_at: Option<UnixMillis>,
 }
+
+/// How a run is loaded.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    /// Every execution takes this many times longer.
+    slowdown: u64,
+    /// All jobs arrive within this many ms (instead of one per 50 ms).
+    burst_ms: u64,
+    /// Each job's signed deadline, relative to its submission (0: none).
+    deadline_ms: u64,
+    /// A worker that stops answering at this instant.
+    crash: Option<(usize, UnixMillis)>,
+    /// Each job's wall-time limit (the sandbox stops a run there, so no run is longer).
+    wall_ms: u64,
+}
+
+const QUIET: Load = Load {
+    slowdown: 1,
+    burst_ms: 50 * JOBS as u64,
+    deadline_ms: 0,
+    crash: None,
+    wall_ms: 1_000,
+};
 
 /// The result of one run, compared between runs for determinism.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,11 +116,21 @@ struct Summary {
     totals: Vec<i64>,
     /// Simulated time at the end.
     end_ms: UnixMillis,
+    /// Jobs failed, with their reasons.
+    failed: Vec<String>,
+    /// The most leases any submitter had out on one worker at once, and that worker's slots.
+    max_out: (usize, usize),
+    /// Leases that expired.
+    expired: usize,
+    /// The submitters of the jobs that never finished.
+    unfinished: Vec<usize>,
     /// Events processed.
     events: u64,
 }
 
 struct Sim {
+    load: Load,
+    max_out: (usize, usize),
     nodes: Vec<Node>,
     by_peer: HashMap<PeerId, usize>,
     queue: BTreeMap<(UnixMillis, u64), Event>,
@@ -101,6 +157,10 @@ fn correct_output(job: &JobId) -> Hash {
 
 impl Sim {
     fn new(seed: u64, byzantine: &[usize]) -> Self {
+        Self::loaded(seed, byzantine, QUIET)
+    }
+
+    fn loaded(seed: u64, byzantine: &[usize], load: Load) -> Self {
         let mut nodes = Vec::new();
         let mut by_peer = HashMap::new();
         for i in 0..NODES {
@@ -117,13 +177,18 @@ impl Sim {
                     memory_bytes: 1 << 30,
                     max_wall_time_ms: 60_000,
                 },
-                leases: Leases::new(2 + i % 3),
+                leases: Leases::new(4 * (2 + i % 3)),
+                slots: 2 + i % 3,
+                running: 0,
+                queue: Default::default(),
                 byzantine: byzantine.contains(&i),
                 ad_seq: 0,
                 tick_at: None,
             });
         }
         Sim {
+            load,
+            max_out: (0, 0),
             nodes,
             by_peer,
             queue: BTreeMap::new(),
@@ -140,7 +205,16 @@ impl Sim {
         self.queue.insert((at, self.seq), e);
     }
 
+    fn crashed(&self, n: usize) -> bool {
+        self.load
+            .crash
+            .is_some_and(|(c, at)| c == n && self.now >= at)
+    }
+
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        if self.crashed(from) {
+            return;
+        }
         let at = self.now + latency(from, to);
         self.push(at, Event::Deliver { from, to, msg });
     }
@@ -153,7 +227,7 @@ impl Sim {
         }
     }
 
-    fn spec(k: usize) -> JobSpec {
+    fn spec(k: usize, deadline_ms: UnixMillis, wall_time_ms: u64) -> JobSpec {
         JobSpec {
             module: Hash::of(b"module"),
             module_size: 1_000,
@@ -163,12 +237,12 @@ impl Sim {
             limits: JobLimits {
                 fuel: 1_000_000,
                 memory_bytes: 1 << 20,
-                wall_time_ms: 1_000,
+                wall_time_ms,
             },
             capabilities: vec!["wasm".into()],
             redundancy: 3,
             max_price: 100,
-            deadline_ms: 0,
+            deadline_ms,
             nonce: k as u64,
         }
     }
@@ -180,8 +254,18 @@ impl Sim {
         let mut ids = Vec::new();
         for k in 0..JOBS {
             let s = k % NODES;
-            let at = 100 + k as u64 * 50;
-            let job = Signed::sign(&self.nodes[s].key, Self::spec(k), at).expect("sign");
+            let at = 100 + k as u64 * self.load.burst_ms / JOBS as u64;
+            let deadline = if self.load.deadline_ms == 0 {
+                0
+            } else {
+                at + self.load.deadline_ms
+            };
+            let job = Signed::sign(
+                &self.nodes[s].key,
+                Self::spec(k, deadline, self.load.wall_ms),
+                at,
+            )
+            .expect("sign");
             ids.push((s, job_id(&job)));
             self.push(at, Event::Submit(s, job));
         }
@@ -193,11 +277,37 @@ impl Sim {
             self.now = at;
             self.events += 1;
             self.step(event);
+            if self.events.is_multiple_of(64) {
+                self.check_admission();
+            }
         }
         self.summarize(&ids)
     }
 
+    /// Admission control: no submitter has more leases out on a worker than the slots that
+    /// worker advertises (its lease book).
+    fn check_admission(&mut self) {
+        for s in &self.nodes {
+            let mut out: BTreeMap<PeerId, usize> = BTreeMap::new();
+            for l in s.market.jobs().flat_map(|r| r.active_leases()) {
+                *out.entry(l.worker).or_default() += 1;
+            }
+            for (w, n) in out {
+                let cap = self.nodes[self.by_peer[&w]].leases.capacity();
+                assert!(n <= cap, "{n} leases out on a worker of {cap} slots");
+                if n > self.max_out.0 {
+                    self.max_out = (n, cap);
+                }
+            }
+        }
+    }
+
     fn step(&mut self, event: Event) {
+        if let Event::Deliver { to, .. } | Event::Tick(to) | Event::Advertise(to) = &event
+            && self.crashed(*to)
+        {
+            return;
+        }
         match event {
             Event::Submit(n, job) => self.market(n, Input::Submit(job)),
             Event::Tick(n) => {
@@ -272,12 +382,48 @@ impl Sim {
                     reason,
                 },
             ),
+            Msg::LeaseBusy(job_id) => self.market(
+                to,
+                Input::LeaseBusy {
+                    job_id,
+                    worker: from_peer,
+                },
+            ),
+            Msg::Heartbeat(job_id) => self.market(
+                to,
+                Input::Heartbeat {
+                    job_id,
+                    worker: from_peer,
+                },
+            ),
+            Msg::Extended(job, until) => {
+                // The worker keeps the lease as long as the submitter says.
+                let node = &mut self.nodes[to];
+                node.leases.extend(&job, until);
+            }
+            Msg::Beat { job, submitter } => {
+                let node = &mut self.nodes[to];
+                node.leases.expire(self.now);
+                if node.leases.contains(&job) {
+                    self.send(to, submitter, Msg::Heartbeat(job));
+                    let at = self.now + Config::local().heartbeat_ms;
+                    self.push(
+                        at,
+                        Event::Deliver {
+                            from: to,
+                            to,
+                            msg: Msg::Beat { job, submitter },
+                        },
+                    );
+                }
+            }
             Msg::Result(result) => self.market(
                 to,
                 Input::Result {
                     from: from_peer,
                     result,
                     signed: None,
+                    stderr: vec![],
                 },
             ),
             // Worker side.
@@ -296,20 +442,22 @@ impl Sim {
                 match self.nodes[to].leases.accept(id, lease.expires_ms) {
                     Ok(()) => {
                         self.send(to, from, Msg::LeaseAccepted(id));
-                        let run_ms = self.rng.gen_range(20..300);
-                        let at = self.now + run_ms;
+                        let at = self.now + Config::local().heartbeat_ms;
                         self.push(
                             at,
                             Event::Deliver {
                                 from: to,
                                 to,
-                                msg: Msg::ExecDone {
+                                msg: Msg::Beat {
                                     job: id,
                                     submitter: from,
                                 },
                             },
                         );
+                        self.nodes[to].queue.push_back((id, from));
+                        self.start_queued(to);
                     }
+                    Err(Refusal::Full { .. }) => self.send(to, from, Msg::LeaseBusy(id)),
                     Err(e) => self.send(to, from, Msg::LeaseRefused(id, e.to_string())),
                 }
             }
@@ -318,6 +466,10 @@ impl Sim {
             }
             Msg::ExecDone { job, submitter } => {
                 let node = &mut self.nodes[to];
+                node.running -= 1;
+                self.start_queued(to);
+                let node = &mut self.nodes[to];
+                node.leases.expire(self.now);
                 if !node.leases.finish(&job) {
                     return; // cancelled or expired meanwhile
                 }
@@ -337,6 +489,29 @@ impl Sim {
                 };
                 self.send(to, submitter, Msg::Result(result));
             }
+        }
+    }
+
+    /// Starts queued leases on node `n`'s free executor slots.
+    fn start_queued(&mut self, n: usize) {
+        while self.nodes[n].running < self.nodes[n].slots {
+            let Some((job, submitter)) = self.nodes[n].queue.pop_front() else {
+                return;
+            };
+            if !self.nodes[n].leases.contains(&job) {
+                continue; // cancelled or expired while queued
+            }
+            self.nodes[n].running += 1;
+            let run_ms = self.rng.gen_range(20..300) * self.load.slowdown;
+            let at = self.now + run_ms;
+            self.push(
+                at,
+                Event::Deliver {
+                    from: n,
+                    to: n,
+                    msg: Msg::ExecDone { job, submitter },
+                },
+            );
         }
     }
 
@@ -363,6 +538,14 @@ impl Sim {
                         delta,
                     },
                 ),
+                Output::LeaseExtended {
+                    job_id,
+                    worker,
+                    expires_ms,
+                } => {
+                    let to = self.by_peer[&worker];
+                    self.send(n, to, Msg::Extended(job_id, expires_ms));
+                }
                 Output::Persist(_) => {}
             }
         }
@@ -378,8 +561,22 @@ impl Sim {
     fn summarize(&self, ids: &[(usize, JobId)]) -> Summary {
         let mut jobs = Vec::new();
         let (mut correct, mut wrong) = (0, 0);
+        let mut failed = Vec::new();
+        let mut expired = 0;
+        let mut unfinished = Vec::new();
         for (s, id) in ids {
             let rec = self.nodes[*s].market.job(id).expect("job tracked");
+            if !rec.is_finished() {
+                unfinished.push(*s);
+            }
+            if let Some(f) = &rec.fail_reason {
+                failed.push(f.to_string());
+            }
+            expired += rec
+                .leases
+                .iter()
+                .filter(|l| l.status == agora_market::LeaseStatus::Expired)
+                .count();
             let out_hash = match &rec.outcome {
                 Some(Outcome::Completed { output_hash, .. }) => Some(*output_hash),
                 _ => None,
@@ -428,6 +625,10 @@ impl Sim {
             wrong,
             totals,
             end_ms: self.now,
+            failed,
+            max_out: self.max_out,
+            expired,
+            unfinished,
             events: self.events,
         }
     }
@@ -487,4 +688,52 @@ fn several_seeds_hold() {
         let best_byzantine = byz.iter().map(|i| s.totals[*i]).max().expect("byzantine");
         assert!(best_byzantine < worst_honest, "seed {seed}: {:?}", s.totals);
     }
+}
+
+/// A CPU hog in simulated time: every execution 20 times slower, all 100 jobs submitted within
+/// one second with a deadline of 30 s after submission, more work than the network can do in
+/// 30 s. Before deadlines counted from the first accepted lease (and before heartbeats and
+/// admission control) most of these jobs failed by deadline.
+const HOG: Load = Load {
+    slowdown: 20,
+    burst_ms: 1_000,
+    deadline_ms: 30_000,
+    crash: None,
+    wall_ms: 6_000,
+};
+
+#[test]
+fn under_load_every_job_verifies_slower_never_failed() {
+    let s = Sim::loaded(7, &[], HOG).run();
+    assert_eq!(s.failed, Vec::<String>::new(), "no job failed");
+    assert_eq!((s.correct, s.wrong), (JOBS, 0));
+    assert!(
+        s.end_ms > HOG.burst_ms + HOG.deadline_ms,
+        "the load is real: the run outlasts every job's 30 s budget ({} ms)",
+        s.end_ms
+    );
+    assert_eq!(s.expired, 0, "alive workers keep their leases (heartbeats)");
+    assert!(s.max_out.0 <= s.max_out.1);
+}
+
+#[test]
+fn under_load_with_byzantine_workers_and_a_crash_nothing_wrong_is_accepted() {
+    let load = Load {
+        crash: Some((4, 20_000)),
+        ..HOG
+    };
+    let byz = [7, 8, 9];
+    let s = Sim::loaded(42, &byz, load).run();
+    assert_eq!(s.wrong, 0, "no wrong verdict accepted");
+    assert_eq!(s.failed, Vec::<String>::new());
+    // Only the crashed node's own submissions (it is their submitter) stay unfinished.
+    assert!(s.unfinished.iter().all(|n| *n == 4), "{:?}", s.unfinished);
+    assert_eq!(s.correct + s.unfinished.len(), JOBS);
+    assert!(s.correct >= JOBS - JOBS / NODES);
+    assert!(
+        s.expired > 0,
+        "the crashed worker's leases expired and were re-leased"
+    );
+    let b = Sim::loaded(42, &byz, load).run();
+    assert_eq!(s, b, "deterministic under load too");
 }

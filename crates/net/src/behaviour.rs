@@ -72,7 +72,10 @@ impl Behaviour {
             connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(config.max_connections))
                 .with_max_established_per_peer(Some(config.max_connections_per_peer))
-                .with_max_pending_incoming(Some(config.max_pending_incoming)),
+                .with_max_pending_incoming(Some(config.max_pending_incoming))
+                .with_max_established_incoming(Some(crate::ports::max_established_incoming(
+                    config,
+                ))),
         );
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())

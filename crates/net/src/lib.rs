@@ -62,6 +62,7 @@ mod guard;
 mod handle;
 mod metrics;
 mod peers;
+mod ports;
 mod rate;
 mod validate;
 
@@ -82,6 +83,7 @@ pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, multiaddr};
 pub use metrics::NetMetrics;
 pub use peers::{PeerInfo, ip_of};
+pub use ports::{check_port_free, fd_headroom, fd_limit, fit_to_fd_limit, raise_fd_limit};
 
 /// What can go wrong in the network layer.
 #[derive(Debug, thiserror::Error, Clone)]
@@ -93,6 +95,12 @@ pub enum NetError {
     /// Listening on an address failed.
     #[error("cannot listen on {0}: {1}; is the port free? choose another with --listen")]
     Listen(String, String),
+    /// Another process (another node?) already listens on the port.
+    #[error(
+        "cannot listen on {0}: the port is already in use by another process (another agora \
+         node?); stop it, or choose another port with --listen"
+    )]
+    PortInUse(String),
     /// Dialing failed at once.
     #[error("cannot dial {0}: {1}")]
     Dial(String, String),
@@ -135,6 +143,33 @@ pub fn spawn(
     config: Config,
     registry: &mut Registry,
 ) -> Result<Network, NetError> {
+    let mut config = config;
+    // Peer connections must leave file descriptors for the API, the database and blobs.
+    if let Some(fds) = ports::fd_limit() {
+        let asked = (config.max_connections, config.max_pending_incoming);
+        if ports::fit_to_fd_limit(&mut config, fds) {
+            tracing::warn!(
+                fd_limit = fds,
+                max_connections = config.max_connections,
+                max_pending_incoming = config.max_pending_incoming,
+                asked = ?asked,
+                "connection limits lowered to fit the open-file limit (raise it with `ulimit -n`)"
+            );
+        }
+    }
+    // libp2p listens with SO_REUSEPORT: a port taken by another process would be shared with
+    // it, silently. Refuse instead (see `ports`).
+    for addr in &config.listen {
+        if let Some(sock) = ports::fixed_tcp(addr)
+            && let Err(e) = ports::check_port_free(sock)
+        {
+            return Err(if e.kind() == std::io::ErrorKind::AddrInUse {
+                NetError::PortInUse(addr.to_string())
+            } else {
+                NetError::Listen(addr.to_string(), e.to_string())
+            });
+        }
+    }
     let metrics = NetMetrics::register(registry);
     let codec_peer = codec::PeerTag::default();
     let (faults_tx, faults_rx) = mpsc::channel(1024);

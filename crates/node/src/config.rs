@@ -144,6 +144,12 @@ pub struct FileConfig {
     pub authorization: Option<String>,
     /// Peer ids always allowed to connect in `permissioned` mode.
     pub allow_list: Option<Vec<String>>,
+    /// The most bytes of blobs (modules, inputs, outputs) kept on disk; least recently used
+    /// blobs no job needs are evicted to stay below (1 GiB local, 10 GiB production).
+    pub blob_quota_bytes: Option<u64>,
+    /// The largest job input, in bytes, this node submits or runs (64 MiB in both presets); a
+    /// worker does not bid on, and refuses a lease of, a job whose signed input size is larger.
+    pub max_input_bytes: Option<u64>,
 }
 
 impl FileConfig {
@@ -191,6 +197,8 @@ impl FileConfig {
             block_time_ms: other.block_time_ms.or(self.block_time_ms),
             authorization: other.authorization.or(self.authorization),
             allow_list: other.allow_list.or(self.allow_list),
+            blob_quota_bytes: other.blob_quota_bytes.or(self.blob_quota_bytes),
+            max_input_bytes: other.max_input_bytes.or(self.max_input_bytes),
         }
     }
 }
@@ -218,6 +226,22 @@ pub struct NodeConfig {
     pub byzantine: bool,
     /// The ledger, when the node joins a network with a genesis file.
     pub ledger: Option<LedgerConfig>,
+    /// The blob quota in bytes (see [`FileConfig::blob_quota_bytes`]).
+    pub blob_quota_bytes: u64,
+    /// The largest job input in bytes (see [`FileConfig::max_input_bytes`]).
+    pub max_input_bytes: u64,
+}
+
+impl NodeConfig {
+    /// The bounds a job spec must keep to on this node, as submitter and as worker: the
+    /// defaults, with the input size capped at [`NodeConfig::max_input_bytes`].
+    pub fn spec_bounds(&self) -> agora_types::job::SpecBounds {
+        let bounds = agora_types::job::SpecBounds::default();
+        agora_types::job::SpecBounds {
+            max_input_bytes: self.max_input_bytes.min(bounds.max_input_bytes),
+            ..bounds
+        }
+    }
 }
 
 /// How the node takes part in the ledger.
@@ -389,6 +413,26 @@ impl NodeConfig {
             net.allow_list.push(peer);
         }
         let ledger = ledger_config(&f, preset)?;
+        let blob_quota_bytes = f.blob_quota_bytes.unwrap_or(match preset {
+            Preset::Local => 1 << 30,
+            Preset::Production => 10 << 30,
+        });
+        if blob_quota_bytes < 64 << 20 {
+            return Err(ConfigError::field(
+                "blob_quota_bytes",
+                blob_quota_bytes,
+                "at least 67108864 (64 MiB): one module and one input must fit",
+            ));
+        }
+        let max_input_bytes = f.max_input_bytes.unwrap_or(64 << 20);
+        let input_bound = agora_types::job::SpecBounds::default().max_input_bytes;
+        if max_input_bytes > input_bound || max_input_bytes > blob_quota_bytes {
+            return Err(ConfigError::field(
+                "max_input_bytes",
+                max_input_bytes,
+                format!("at most {input_bound} and at most blob_quota_bytes"),
+            ));
+        }
         if net.authorization == agora_net::Authorization::Permissioned
             && ledger.is_none()
             && net.allow_list.is_empty()
@@ -410,6 +454,8 @@ impl NodeConfig {
             price: f.price.unwrap_or(10),
             ad_interval: Duration::from_secs(ad_secs),
             byzantine: false,
+            blob_quota_bytes,
+            max_input_bytes,
         })
     }
 }
@@ -444,6 +490,21 @@ mod tests {
         assert!(c.net.mdns);
         let e = FileConfig::parse("prcie = 5").unwrap_err().to_string();
         assert!(e.contains("prcie"), "{e}");
+    }
+
+    #[test]
+    fn blob_quota_and_input_limit() {
+        let c = NodeConfig::validate(FileConfig::default()).unwrap();
+        assert_eq!(c.blob_quota_bytes, 1 << 30);
+        assert_eq!(c.spec_bounds().max_input_bytes, 64 << 20);
+        let p = NodeConfig::validate(FileConfig::parse("preset = \"production\"").unwrap()).unwrap();
+        assert_eq!(p.blob_quota_bytes, 10 << 30);
+        let small = FileConfig::parse("max_input_bytes = 1000").unwrap();
+        assert_eq!(NodeConfig::validate(small).unwrap().spec_bounds().max_input_bytes, 1000);
+        let e = NodeConfig::validate(FileConfig::parse("blob_quota_bytes = 5").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("blob_quota_bytes"), "{e}");
     }
 
     #[test]

@@ -19,13 +19,13 @@ use agora_ledger::Event;
 use agora_market::{Input, JobRecord, Market, Offer, Output, bid_for};
 use agora_net::{NetEvent, NetHandle, PeerId, PeerInfo};
 use agora_types::job::{
-    CapabilityAd, Health, JobId, Lease, Outcome, ReputationUpdate, ResultNotice, SignedJob,
-    WorkResult, job_id,
+    CapabilityAd, Health, Heartbeat, JobId, Lease, MAX_STDERR_BYTES, Outcome, ReputationUpdate,
+    ResultNotice, SignedJob, WorkResult, job_id,
 };
 use agora_types::ledger::{AccountId, TxKind};
 use agora_types::sign::{Domain, Signed};
 use agora_types::wire::{GossipMessage, Request, Response, limits};
-use agora_types::{Hash, Keypair, now_ms};
+use agora_types::{Hash, Keypair, UnixMillis, now_ms};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
@@ -43,6 +43,8 @@ pub(crate) enum Command {
     Job(JobId, oneshot::Sender<Option<JobRecord>>),
     Cancel(JobId, oneshot::Sender<bool>),
     Reputation(oneshot::Sender<Vec<(PeerId, i64)>>),
+    /// The capability ads not lapsed yet (for the API's cost estimate).
+    Offers(oneshot::Sender<Vec<(PeerId, agora_market::IndexEntry)>>),
 }
 
 /// What spawned tasks report back.
@@ -70,9 +72,12 @@ pub(crate) enum Internal {
     ResultIn {
         from: PeerId,
         result: Signed<WorkResult>,
+        stderr: Vec<u8>,
         ack: oneshot::Sender<Response>,
     },
     WorkDone(JobId),
+    /// As a worker: the submitter answered a heartbeat, keep the lease until then.
+    LeaseExtended(JobId, UnixMillis),
     Peers(Vec<PeerInfo>),
 }
 
@@ -268,6 +273,8 @@ impl Core {
                         self.publish(GossipMessage::Reputation(u));
                     }
                 }
+                // Answered in `on_request` (heartbeats); nothing to carry out.
+                Output::LeaseExtended { .. } => {}
                 Output::Persist(id) => {
                     let bytes = self
                         .market
@@ -308,6 +315,12 @@ impl Core {
             Command::Reputation(reply) => {
                 let _ = reply.send(self.market.reputation().snapshot());
             }
+            Command::Offers(reply) => {
+                let (now, ttl) = (now_ms(), self.market.config().ad_ttl_ms);
+                let fresh = self.market.index().iter();
+                let fresh = fresh.filter(|(_, e)| now.saturating_sub(e.updated_ms) <= ttl);
+                let _ = reply.send(fresh.map(|(p, e)| (*p, e.clone())).collect());
+            }
         }
     }
 
@@ -326,11 +339,17 @@ impl Core {
                     reason,
                 }),
             },
-            Internal::ResultIn { from, result, ack } => {
+            Internal::ResultIn {
+                from,
+                result,
+                stderr,
+                ack,
+            } => {
                 self.feed(Input::Result {
                     from,
                     result: result.payload.clone(),
                     signed: Some(result),
+                    stderr,
                 });
                 // The worker may forget its result once acknowledged: commit first.
                 self.after_commit(move || {
@@ -340,6 +359,9 @@ impl Core {
             Internal::WorkDone(id) => {
                 self.leases.finish(&id);
                 self.running.remove(&id);
+            }
+            Internal::LeaseExtended(id, until) => {
+                self.leases.extend(&id, until);
             }
             Internal::Peers(list) => {
                 self.peer_cache = list
@@ -460,9 +482,11 @@ impl Core {
         if self.bid_seen.contains(&(id, attempt)) || self.leases.contains(&id) {
             return;
         }
-        if spec.validate(&Default::default()).is_err()
-            || (spec.deadline_ms != 0 && spec.deadline_ms <= now_ms())
-        {
+        // The signed deadline is not checked here: the submitter's clock for it starts when the
+        // job first gets a worker (ARCHITECTURE.md, "Deadlines"), so a queued job may be
+        // announced past it; an announcement the submitter no longer wants gets no lease.
+        // This node's bounds: an input over its `max_input_bytes` is not bid on.
+        if spec.validate(&self.shared.config.spec_bounds()).is_err() {
             return;
         }
         if let Some(ledger) = &self.ledger {
@@ -519,10 +543,16 @@ impl Core {
                 Err(e) => Response::Refused(format!("bad bid: {e}")),
             },
             Request::Lease(lease) => self.on_lease(peer, lease),
-            Request::Result { result, output } => {
-                self.on_result(peer, result, output, reply);
+            Request::Result {
+                result,
+                output,
+                mut stderr,
+            } => {
+                stderr.truncate(MAX_STDERR_BYTES);
+                self.on_result(peer, result, output, stderr, reply);
                 return;
             }
+            Request::Heartbeat(signed) => self.on_heartbeat(peer, &signed),
             Request::Cancel(id) => {
                 // From the worker: it gives the lease back. From the submitter: it withdraws it.
                 if self.market.job(&id).is_some() {
@@ -562,6 +592,37 @@ impl Core {
         let _ = reply.send(response);
     }
 
+    /// A worker says it is still working on one of our jobs: extend its lease, or tell it to
+    /// stop when it holds none.
+    fn on_heartbeat(&mut self, peer: PeerId, signed: &Signed<Heartbeat>) -> Response {
+        match signed.verify().and_then(|_| signed.signer_peer()) {
+            Ok(s) if s == peer => {}
+            Ok(_) => {
+                return Response::Refused(
+                    "a heartbeat must be signed by the worker that sends it".into(),
+                );
+            }
+            Err(e) => return Response::Refused(format!("bad heartbeat: {e}")),
+        }
+        let job_id = signed.payload.job_id;
+        let out = self.market.handle(
+            Input::Heartbeat {
+                job_id,
+                worker: peer,
+            },
+            now_ms(),
+        );
+        let extended = out
+            .iter()
+            .any(|o| matches!(o, Output::LeaseExtended { worker, .. } if *worker == peer));
+        self.apply(out);
+        if extended {
+            Response::Ack
+        } else {
+            Response::Refused("you hold no active lease on this job: stop working on it".into())
+        }
+    }
+
     fn on_lease(&mut self, peer: PeerId, lease: Lease) -> Response {
         if let Err(e) = lease.job.verify() {
             return Response::Refused(format!("bad job signature: {e}"));
@@ -571,7 +632,8 @@ impl Core {
             _ => return Response::Refused("only a job's submitter may lease it".into()),
         }
         let spec = lease.job.payload.clone();
-        if let Err(e) = spec.validate(&Default::default()) {
+        // Checked before anything is fetched: the sizes are in the signed spec.
+        if let Err(e) = spec.validate(&self.shared.config.spec_bounds()) {
             return Response::Refused(e.to_string());
         }
         if let Err(e) = bid_for(&spec, job_id(&lease.job), &self.offer, 1, 1) {
@@ -583,6 +645,7 @@ impl Core {
             Err(agora_market::Refusal::Full { .. }) => return Response::Busy,
             Err(e) => return Response::Refused(e.to_string()),
         }
+        let config = self.market.config();
         let work = Work {
             net: self.net.clone(),
             store: self.shared.store.clone(),
@@ -590,6 +653,8 @@ impl Core {
             keypair: self.shared.keypair.clone(),
             byzantine: self.shared.config.byzantine,
             done: self.internal_tx.clone(),
+            heartbeat: Duration::from_millis(config.heartbeat_ms.max(100)),
+            extension_ms: config.heartbeat_extension_ms(),
         };
         let task = tokio::spawn(work.run(peer, id, lease));
         self.running.insert(id, (peer, task.abort_handle()));
@@ -601,6 +666,7 @@ impl Core {
         peer: PeerId,
         signed: Signed<WorkResult>,
         output: Vec<u8>,
+        stderr: Vec<u8>,
         reply: oneshot::Sender<Response>,
     ) {
         let refuse = |reply: oneshot::Sender<Response>, why: String| {
@@ -634,6 +700,7 @@ impl Core {
                 .send(Internal::ResultIn {
                     from: peer,
                     result,
+                    stderr,
                     ack: reply,
                 })
                 .await;
@@ -791,8 +858,14 @@ impl Core {
                     minority,
                 }
             }
-            _ if height >= escrow.refund_height => TxKind::Refund { job_id },
-            _ => return,
+            // A quorum to pay whose settlement keeps failing: wait for the refund height.
+            Some((quorum, _)) if !quorum.is_empty() && height < escrow.refund_height => return,
+            // Nothing to pay (cancelled, deadline, no quorum, a machine-dependent limit): the
+            // escrow returns at once.
+            _ => {
+                info!(job = %job_id.short(), "refunding the escrow");
+                TxKind::Refund { job_id }
+            }
         };
         if self.send_tx(kind) {
             self.escrow_txs.insert(job_id, (height, attempts + 1));
@@ -911,13 +984,21 @@ struct Work {
     keypair: Keypair,
     byzantine: bool,
     done: mpsc::Sender<Internal>,
+    /// How often to tell the submitter the lease is still being worked on.
+    heartbeat: Duration,
+    /// How far an answered heartbeat extends the lease locally.
+    extension_ms: u64,
 }
+
+/// What a worker reports: the outcome, stdout, and the first bytes of stderr.
+type Report = (Outcome, Vec<u8>, Vec<u8>);
 
 fn failure(e: &ExecError) -> Outcome {
     let kind = match e {
         ExecError::FuelExhausted => "fuel",
         ExecError::MemoryLimit { .. } => "memory",
         ExecError::WallTime(_) => "wall_time",
+        ExecError::CompileTime(_) => "compile_time",
         ExecError::OutputTooLarge { .. } => "output",
         ExecError::InvalidModule(_) => "invalid_module",
         ExecError::Trap(_) => "trap",
@@ -931,25 +1012,63 @@ fn failure(e: &ExecError) -> Outcome {
 
 impl Work {
     async fn run(self, submitter: PeerId, id: JobId, lease: Lease) {
-        let outcome = self.execute(submitter, &lease).await;
+        // Heartbeats run beside the work: fetching, waiting for a slot, compiling and running
+        // all count as progress, so a slow but alive worker keeps its lease.
+        let outcome = tokio::select! {
+            o = self.execute(submitter, &lease) => Some(o),
+            why = self.heartbeats(submitter, id) => {
+                warn!(job = %id.short(), %why, "the submitter withdrew the lease; stopping");
+                None
+            }
+        };
         match outcome {
-            Ok((outcome, output)) => {
-                self.report(submitter, id, outcome, output, lease.price)
+            Some(Ok((outcome, output, stderr))) => {
+                self.report(submitter, id, outcome, output, stderr, lease.price)
                     .await
             }
-            Err(why) => {
+            Some(Err(why)) => {
                 warn!(job = %id.short(), %why, "giving the lease back");
                 let _ = self.net.request(submitter, Request::Cancel(id)).await;
             }
+            None => {}
         }
         let _ = self.done.send(Internal::WorkDone(id)).await;
     }
 
-    async fn execute(
-        &self,
-        submitter: PeerId,
-        lease: &Lease,
-    ) -> Result<(Outcome, Vec<u8>), String> {
+    /// Sends a signed heartbeat every interval until the submitter refuses one (it no longer
+    /// holds the lease for us); returns its reason. An unreachable submitter is not a refusal:
+    /// the lease's own expiry decides then.
+    async fn heartbeats(&self, submitter: PeerId, id: JobId) -> String {
+        loop {
+            tokio::time::sleep(self.heartbeat).await;
+            let beat = Heartbeat {
+                job_id: id,
+                stage: "working".into(),
+            };
+            let signed = match Signed::sign(&self.keypair, beat, now_ms()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot sign a heartbeat");
+                    continue;
+                }
+            };
+            let answer = tokio::time::timeout(
+                self.heartbeat.saturating_mul(2),
+                self.net.request(submitter, Request::Heartbeat(signed)),
+            )
+            .await;
+            match answer {
+                Ok(Ok(Response::Ack)) => {
+                    let until = now_ms().saturating_add(self.extension_ms);
+                    let _ = self.done.send(Internal::LeaseExtended(id, until)).await;
+                }
+                Ok(Ok(Response::Refused(why))) => return why,
+                _ => debug!(job = %id.short(), "heartbeat not answered"),
+            }
+        }
+    }
+
+    async fn execute(&self, submitter: PeerId, lease: &Lease) -> Result<Report, String> {
         let spec = &lease.job.payload;
         let module = blobs::fetch(
             &self.net,
@@ -974,10 +1093,13 @@ impl Work {
             memory_bytes: spec.limits.memory_bytes,
             wall_time: Duration::from_millis(spec.limits.wall_time_ms),
             max_output_bytes: limits::MAX_OUTPUT_BYTES,
+            compile_time: agora_exec::DEFAULT_COMPILE_TIME,
         };
         let job = agora_exec::Job::new(module, input, spec.args.clone(), limits);
         match self.pool.run(job).await {
             Ok(o) => {
+                let mut stderr = o.stderr;
+                stderr.truncate(MAX_STDERR_BYTES);
                 let mut output = o.stdout;
                 if self.byzantine {
                     // Each Byzantine worker corrupts differently: independent faults, not a
@@ -992,11 +1114,12 @@ impl Work {
                         fuel_used: o.fuel_used,
                     },
                     output,
+                    stderr,
                 ))
             }
             Err(ExecError::Busy) => Err("the executor pool is full".into()),
             Err(ExecError::Internal(e)) => Err(format!("sandbox failure: {e}")),
-            Err(e) => Ok((failure(&e), vec![])),
+            Err(e) => Ok((failure(&e), vec![], vec![])),
         }
     }
 
@@ -1006,6 +1129,7 @@ impl Work {
         id: JobId,
         outcome: Outcome,
         output: Vec<u8>,
+        stderr: Vec<u8>,
         price: u64,
     ) {
         let result = WorkResult {
@@ -1029,6 +1153,7 @@ impl Work {
                     Request::Result {
                         result: signed.clone(),
                         output: output.clone(),
+                        stderr: stderr.clone(),
                     },
                 ),
             )

@@ -9,7 +9,7 @@ use agora_exec::{Pool, Sandbox};
 use agora_ledger::{AccountId, BlockReceipt, Event, Ledger, TxKind};
 use agora_market::{JobRecord, Leases, Market, Offer};
 use agora_net::{Keypair, Multiaddr, NetHandle, PeerId, PeerInfo};
-use agora_types::job::{JobId, JobLimits, JobSpec, SpecBounds, SpecError};
+use agora_types::job::{JobId, JobLimits, JobSpec, SignedJob, SpecError};
 use agora_types::sign::Signed;
 use agora_types::wire::GossipMessage;
 use agora_types::{Hash, now_ms};
@@ -24,7 +24,7 @@ use crate::config::{NodeConfig, Preset};
 use crate::core::{Command, Core, Persist};
 use crate::identity::{self, IdentityError};
 use crate::ledger::{AccountView, LedgerApp, LedgerRef, LedgerStatus};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreConfig, StoreError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +33,8 @@ pub enum NodeError {
     /// The identity key could not be loaded or created.
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    /// The store could not be opened.
-    #[error("cannot open storage: {0}; is another node using the same --data-dir?")]
+    /// The store could not be opened (the message names the file and what to do).
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// The network could not start.
     #[error(transparent)]
@@ -105,7 +105,11 @@ pub enum SubmitError {
     Spec(#[from] SpecError),
     /// Storage failed.
     #[error("storage: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// The disk (or the blob quota) is full: the job was not submitted, nothing was announced.
+    /// The API answers 507 Insufficient Storage.
+    #[error("{0}; the job was not submitted")]
+    DiskFull(StoreError),
     /// The submitter cannot pay the escrow.
     #[error(
         "the job's escrow needs {need} tokens but this node's balance is {have}; lower \
@@ -120,6 +124,16 @@ pub enum SubmitError {
     /// The node is stopping.
     #[error("the node is shutting down")]
     Stopped,
+}
+
+impl From<StoreError> for SubmitError {
+    fn from(e: StoreError) -> Self {
+        if e.is_disk_full() {
+            SubmitError::DiskFull(e)
+        } else {
+            SubmitError::Store(e)
+        }
+    }
 }
 
 /// Why a job's output cannot be returned.
@@ -157,25 +171,26 @@ pub struct SubmitRequest {
     /// Arguments after argv\[0\].
     #[serde(default)]
     pub args: Vec<String>,
-    /// How many workers must agree (default 3).
+    /// How many workers must agree (default [`agora_api_types::defaults::REDUNDANCY`]).
     #[serde(default)]
     pub redundancy: Option<u8>,
-    /// The most paid per execution (default 100).
+    /// The most paid per execution (default [`agora_api_types::defaults::MAX_PRICE`]).
     #[serde(default)]
     pub max_price: Option<u64>,
-    /// Fuel limit (default 10^10).
+    /// Fuel limit (default [`agora_api_types::defaults::FUEL`]).
     #[serde(default)]
     pub fuel: Option<u64>,
-    /// Memory limit in bytes (default 256 MiB).
+    /// Memory limit in bytes (default [`agora_api_types::defaults::MEMORY_BYTES`]).
     #[serde(default)]
     pub memory_bytes: Option<u64>,
-    /// Wall-time limit in ms (default 30 000).
+    /// Wall-time limit in ms (default [`agora_api_types::defaults::WALL_TIME_MS`]).
     #[serde(default)]
     pub wall_time_ms: Option<u64>,
     /// Required capabilities (default `["wasm"]`).
     #[serde(default)]
     pub capabilities: Option<Vec<String>>,
-    /// Seconds from now until the job is abandoned (default 600).
+    /// Seconds from now until the job is abandoned (default
+    /// [`agora_api_types::defaults::DEADLINE_SECS`]).
     #[serde(default)]
     pub deadline_secs: Option<u64>,
 }
@@ -290,9 +305,23 @@ impl NodeHandle {
         Ok(hash)
     }
 
+    /// Stores the file `tmp` (from [`Store::blob_temp_path`], written and synced) as a blob and
+    /// announces it in the DHT; returns its hash and size. `tmp` is gone afterwards.
+    pub async fn put_blob_file(&self, tmp: std::path::PathBuf) -> Result<(Hash, u64), StoreError> {
+        let store = self.shared.store.clone();
+        let (hash, size) = tokio::task::spawn_blocking(move || store.put_blob_file(&tmp))
+            .await
+            .map_err(|e| StoreError::Db(e.to_string()))??;
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let _ = net.provide(blobs::provider_key(&hash)).await;
+        });
+        Ok((hash, size))
+    }
+
     /// Validates, signs and submits a job.
     pub async fn submit(&self, req: SubmitRequest) -> Result<JobId, SubmitError> {
-        let bounds = SpecBounds::default();
+        let bounds = self.shared.config.spec_bounds();
         let store = self.shared.store.clone();
         let empty = store.put_blob(&[])?;
         let input = req.input.unwrap_or(empty);
@@ -302,7 +331,8 @@ impl NodeHandle {
         let input_size = store
             .blob_size(&input)
             .ok_or(SubmitError::InputMissing(input))?;
-        let defaults = JobLimits::default();
+        // The defaults of omitted fields live in one place, shared with the CLI's flags.
+        use agora_api_types::defaults as d;
         let spec = JobSpec {
             module: req.module,
             module_size,
@@ -310,14 +340,19 @@ impl NodeHandle {
             input_size,
             args: req.args,
             limits: JobLimits {
-                fuel: req.fuel.unwrap_or(defaults.fuel),
-                memory_bytes: req.memory_bytes.unwrap_or(defaults.memory_bytes),
-                wall_time_ms: req.wall_time_ms.unwrap_or(defaults.wall_time_ms),
+                fuel: req.fuel.unwrap_or(d::FUEL),
+                memory_bytes: req.memory_bytes.unwrap_or(d::MEMORY_BYTES),
+                wall_time_ms: req.wall_time_ms.unwrap_or(d::WALL_TIME_MS),
             },
-            capabilities: req.capabilities.unwrap_or_else(|| vec!["wasm".into()]),
-            redundancy: req.redundancy.unwrap_or(3),
-            max_price: req.max_price.unwrap_or(100),
-            deadline_ms: now_ms() + req.deadline_secs.unwrap_or(600).min(7 * 24 * 3600) * 1000,
+            capabilities: req.capabilities.unwrap_or_else(d::capabilities),
+            redundancy: req.redundancy.unwrap_or(d::REDUNDANCY),
+            max_price: req.max_price.unwrap_or(d::MAX_PRICE),
+            deadline_ms: now_ms()
+                + req
+                    .deadline_secs
+                    .unwrap_or(d::DEADLINE_SECS)
+                    .min(d::MAX_DEADLINE_SECS)
+                    * 1000,
             nonce: rand::random(),
         };
         spec.validate(&bounds)?;
@@ -348,9 +383,44 @@ impl NodeHandle {
         .map_err(|_| SubmitError::Stopped)??;
         let signed = Signed::sign(&self.shared.keypair, spec, now_ms())
             .map_err(|e| SubmitError::InvalidModule(e.to_string()))?;
-        self.ask(|tx| Command::Submit(Box::new(signed), tx))
+        let id = agora_types::job::job_id(&signed);
+        // Durable before anyone hears of it: the record is committed here, and only then does
+        // the market announce the job. A full disk fails the submission here, with nothing sent.
+        self.write_submitted(id, &signed).await?;
+        match self.ask(|tx| Command::Submit(Box::new(signed), tx)).await {
+            Some(id) => {
+                if self.job(id).await.is_none() {
+                    // The market refused it (too many jobs): do not resume it after a restart.
+                    let store = self.shared.store.clone();
+                    let _ = tokio::task::spawn_blocking(move || store.delete_job(&id)).await;
+                }
+                Ok(id)
+            }
+            // The market's own write of the record failed after ours succeeded: the job is
+            // durable (it resumes after a restart) and running.
+            None if !self.core.is_closed() => Ok(id),
+            None => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// Commits the first record of a job about to be submitted.
+    async fn write_submitted(&self, id: JobId, signed: &SignedJob) -> Result<(), SubmitError> {
+        let market = match self.shared.config.preset {
+            Preset::Local => agora_market::Config::local(),
+            Preset::Production => agora_market::Config::production(),
+        };
+        let mut record = JobRecord::new(id, signed.clone(), now_ms(), market.reannounce_initial_ms);
+        if self.shared.ledger.is_some() {
+            // Restored in this state, it asks for its escrow lock again.
+            record.state = agora_market::JobState::AwaitingEscrow;
+        }
+        let bytes = serde_json::to_vec(&record)
+            .map_err(|e| SubmitError::Store(StoreError::Db(e.to_string())))?;
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.put_job(&id, &bytes))
             .await
-            .ok_or(SubmitError::Stopped)
+            .map_err(|_| SubmitError::Stopped)??;
+        Ok(())
     }
 
     /// Every job this node submitted and still tracks, newest first.
@@ -373,6 +443,20 @@ impl NodeHandle {
     /// This node's reputation book.
     pub async fn reputation(&self) -> Vec<(PeerId, i64)> {
         self.ask(Command::Reputation).await.unwrap_or_default()
+    }
+
+    /// The capability ads (price, memory, free slots) of the peers this node knows, not
+    /// lapsed, in peer id order: what a job submitted now could be offered.
+    pub async fn offers(&self) -> Vec<(PeerId, agora_market::IndexEntry)> {
+        self.ask(Command::Offers).await.unwrap_or_default()
+    }
+
+    /// The market's configuration for this node's preset (escrow arithmetic, timers).
+    pub fn market_config(&self) -> agora_market::Config {
+        match self.shared.config.preset {
+            Preset::Local => agora_market::Config::local(),
+            Preset::Production => agora_market::Config::production(),
+        }
     }
 
     fn ledger(&self) -> Result<&LedgerRef, LedgerError> {
@@ -505,35 +589,76 @@ pub struct Node {
 }
 
 /// Writes job records in order and answers barriers. Whatever is queued when it wakes is
-/// written in one transaction (group commit), so a burst of changes costs one sync.
+/// written in one transaction (group commit), so a burst of changes costs one sync. A failed
+/// batch (a full disk) is kept and retried every second with what comes in meanwhile (a later
+/// write of a job replaces the earlier one); barriers queued with it are dropped, so nobody is
+/// told a write is durable before it is.
 async fn persister(store: Store, mut rx: mpsc::Receiver<Persist>) {
-    let mut batch: Vec<(JobId, Option<Vec<u8>>)> = vec![];
+    const RETRY: Duration = Duration::from_secs(1);
+    let mut pending: HashMap<JobId, Option<Vec<u8>>> = HashMap::new();
     let mut barriers: Vec<oneshot::Sender<()>> = vec![];
-    while let Some(first) = rx.recv().await {
-        let mut op = Some(first);
+    let mut closed = false;
+    loop {
+        let first = if pending.is_empty() {
+            match rx.recv().await {
+                Some(op) => Some(op),
+                None => break,
+            }
+        } else {
+            match tokio::time::timeout(RETRY, rx.recv()).await {
+                Ok(Some(op)) => Some(op),
+                Ok(None) => {
+                    closed = true;
+                    None
+                }
+                Err(_) => None,
+            }
+        };
+        let mut op = first;
         while let Some(o) = op.take() {
             match o {
-                Persist::Write(id, bytes) => batch.push((id, bytes)),
+                Persist::Write(id, bytes) => {
+                    pending.insert(id, bytes);
+                }
                 Persist::Barrier(done) => barriers.push(done),
             }
-            if batch.len() < 1024 {
+            if pending.len() < 1024 {
                 op = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
-            let store = store.clone();
-            let writes = std::mem::take(&mut batch);
+        if !pending.is_empty() {
+            let writes: Vec<(JobId, Option<Vec<u8>>)> = pending.drain().collect();
             let n = writes.len();
-            let r = tokio::task::spawn_blocking(move || store.write_jobs(&writes)).await;
-            if !matches!(r, Ok(Ok(()))) {
-                warn!(records = n, "cannot persist job records");
-                // Barriers are dropped: whoever waits sees a failure, not a false acknowledgement.
+            let store = store.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let r = store.write_jobs(&writes);
+                (r, writes)
+            })
+            .await;
+            let failed = match r {
+                Ok((Ok(()), _)) => None,
+                Ok((Err(e), writes)) => {
+                    for (id, bytes) in writes {
+                        pending.entry(id).or_insert(bytes);
+                    }
+                    Some(e.to_string())
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = failed {
+                warn!(records = n, %error, "cannot persist job records; retrying");
                 barriers.clear();
+                if closed {
+                    break;
+                }
                 continue;
             }
         }
         for done in barriers.drain(..) {
             let _ = done.send(());
+        }
+        if closed {
+            break;
         }
     }
 }
@@ -547,7 +672,12 @@ impl Node {
         if created {
             info!(%peer_id, dir = %config.data_dir.display(), "created a new identity");
         }
-        let store = Store::open(&config.data_dir)?;
+        let store = Store::open_with(
+            &config.data_dir,
+            StoreConfig {
+                blob_quota_bytes: config.blob_quota_bytes,
+            },
+        )?;
         let restored: Vec<JobRecord> = store
             .jobs()?
             .into_iter()
@@ -559,6 +689,27 @@ impl Node {
                 }
             })
             .collect();
+        // Refuse a consensus port another process listens on (the consensus network, like
+        // libp2p's, listens with SO_REUSEPORT and would share it silently).
+        if let Some(lc) = &config.ledger
+            && lc.listen.port() != 0
+            && std::env::var_os("XTMP_NOCHECK").is_none()
+            && let Err(e) = agora_net::check_port_free(lc.listen)
+        {
+            return Err(NodeError::Ledger(if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    "cannot listen for consensus on {}: the port is already in use by another \
+                     process (another agora node?); stop it, or choose another port with \
+                     --consensus-listen",
+                    lc.listen
+                )
+            } else {
+                format!("cannot listen for consensus on {}: {e}", lc.listen)
+            }));
+        }
+        // Each peer connection is a file; the network fits its limits to what is allowed.
+        let fd_limit = agora_net::raise_fd_limit();
+        info!(?fd_limit, "open-file limit");
         let sandbox = Sandbox::new()?;
         let pool = Pool::new(sandbox.clone(), config.executor_slots, 64);
         let mut registry = Registry::default();

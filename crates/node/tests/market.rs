@@ -135,7 +135,9 @@ async fn run_jobs(
             .unwrap();
         ids.push((i % submitters.len(), id, expected));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    // A generous bound, not a speed goal: on a loaded machine the jobs take longer, and must
+    // still all verify (their own deadlines count from their first accepted lease).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
     let mut out = vec![];
     for (s, id, expected) in ids {
         let h = &submitters[s];
@@ -200,7 +202,7 @@ async fn slow_scenario_three_byzantine_of_ten_no_wrong_output_and_lowest_reputat
         .count();
     assert_eq!(wrong, 0, "no wrong output accepted");
     let verified = results.iter().filter(|(_, o, _)| o.is_some()).count();
-    assert!(verified >= 95, "only {verified} of 100 verified");
+    assert_eq!(verified, 100, "every job verified");
 
     // Reputation as the network sees it: the sum of every honest node's local book.
     let mut total: HashMap<_, i64> = HashMap::new();
@@ -254,6 +256,47 @@ async fn failing_module_ends_failed_with_its_reason_and_outputs_hash_checked() {
             .results
             .iter()
             .all(|r| matches!(&r.outcome, Outcome::Failed { kind, .. } if kind == "memory"))
+    );
+    // A program that reports failure: verified (the workers agree), with its exit code and
+    // stderr on the record, not plain success.
+    let wasm = wat::parse_str(
+        r#"(module
+             (import "wasi_snapshot_preview1" "fd_write"
+               (func $fd_write (param i32 i32 i32 i32) (result i32)))
+             (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+             (memory (export "memory") 1)
+             (data (i32.const 16) "bad input\n")
+             (func (export "_start")
+               (i32.store (i32.const 0) (i32.const 16))
+               (i32.store (i32.const 4) (i32.const 10))
+               (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+               (call $proc_exit (i32.const 7))))"#,
+    )
+    .unwrap();
+    let module = h.put_blob(wasm).await.unwrap();
+    let id = h
+        .submit(SubmitRequest {
+            module,
+            redundancy: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let record = loop {
+        let r = h.job(id).await.unwrap();
+        if r.state.is_final() {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(record.state, JobState::Verified, "{}", record.summary());
+    assert_eq!(record.exit_code, Some(7));
+    assert_eq!(record.stderr.as_deref(), Some("bad input\n"));
+    assert!(
+        record
+            .results
+            .iter()
+            .all(|r| r.stderr == "bad input\n" && r.outcome.exit_code() == Some(7))
     );
     // An unknown job and an unknown blob are reported as such.
     assert!(h.output(Hash::of(b"nope")).await.is_err());

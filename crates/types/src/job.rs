@@ -276,16 +276,63 @@ impl Outcome {
                 Hash::of(&b)
             }
             Outcome::Failed { kind, .. } => {
-                // Every resource limit is one verdict: which limit trips first can depend on the
-                // machine (wall time), and the job's answer is the same: it does not fit.
+                // Every deterministic resource limit is one verdict: the job's answer is the
+                // same, it does not fit. Machine-dependent failures (wall time, compile time)
+                // are not votes at all (see [`Outcome::is_vote`]); their verdict is their own.
                 let kind = match kind.as_str() {
-                    "fuel" | "memory" | "wall_time" | "output" => "limit",
+                    "fuel" | "memory" | "output" => "limit",
                     other => other,
                 };
                 Hash::of(format!("failed:{kind}").as_bytes())
             }
         }
     }
+
+    /// Whether this outcome depends on the machine that produced it rather than on the job:
+    /// a wall-time or compile-time limit (a slow or loaded machine trips it, a fast one does
+    /// not) or a host-side failure. Such an outcome is not a vote: it neither agrees with a
+    /// quorum nor counts against one, so it can never be paid as agreement or slashed as
+    /// invalid compute.
+    pub fn is_machine_dependent(&self) -> bool {
+        match self {
+            Outcome::Completed { .. } => false,
+            Outcome::Failed { kind, .. } => MACHINE_DEPENDENT_KINDS.contains(&kind.as_str()),
+        }
+    }
+
+    /// Whether this outcome takes part in the quorum (see [`Outcome::is_machine_dependent`]).
+    pub fn is_vote(&self) -> bool {
+        !self.is_machine_dependent()
+    }
+
+    /// The exit code, for a completed run.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Outcome::Completed { exit_code, .. } => Some(*exit_code),
+            Outcome::Failed { .. } => None,
+        }
+    }
+}
+
+/// Failure tags that depend on the machine, not on the job: never compared, never slashed.
+pub const MACHINE_DEPENDENT_KINDS: [&str; 3] = ["wall_time", "compile_time", "internal"];
+
+/// The most stderr bytes a worker sends beside its result (the sandbox keeps as much).
+pub const MAX_STDERR_BYTES: usize = 64 * 1024;
+
+/// A worker's sign of life for a lease it accepted and is still working on, sent to the
+/// submitter at most once per heartbeat interval. The submitter extends the lease while these
+/// arrive (up to a cap); a worker that falls silent loses its lease at the old expiry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The job being worked on.
+    pub job_id: JobId,
+    /// What the worker is doing, for the job's timeline (`fetching`, `queued`, `running`).
+    pub stage: String,
+}
+
+impl Domain for Heartbeat {
+    const DOMAIN: &'static str = "agora/heartbeat/1";
 }
 
 /// A worker's signed claim about one execution. The output bytes travel beside it (see
@@ -457,5 +504,29 @@ mod tests {
         };
         assert_eq!(a.verdict(), b.verdict());
         assert_ne!(a.verdict(), c.verdict());
+    }
+
+    #[test]
+    fn wall_time_is_not_a_vote_and_never_equals_a_deterministic_limit() {
+        let failed = |kind: &str| Outcome::Failed {
+            kind: kind.into(),
+            detail: String::new(),
+        };
+        for k in ["wall_time", "compile_time", "internal"] {
+            assert!(failed(k).is_machine_dependent(), "{k}");
+            assert!(!failed(k).is_vote(), "{k}");
+            assert_ne!(failed(k).verdict(), failed("fuel").verdict(), "{k}");
+        }
+        for k in ["fuel", "memory", "output", "trap", "invalid_module"] {
+            assert!(failed(k).is_vote(), "{k}");
+        }
+        assert_eq!(failed("fuel").verdict(), failed("memory").verdict());
+        let ok = Outcome::Completed {
+            exit_code: 7,
+            output_hash: Hash::of(b""),
+            fuel_used: 1,
+        };
+        assert!(ok.is_vote());
+        assert_eq!(ok.exit_code(), Some(7));
     }
 }

@@ -215,7 +215,7 @@ pub enum TxKind {
         /// Results outvoted by the quorum: each worker is slashed for invalid compute.
         minority: Vec<Signed<WorkResult>>,
     },
-    /// Return an open escrow to its owner once its refund height has passed.
+    /// Return an open escrow to its owner (only the owner may send it; at any height).
     Refund {
         /// The job.
         job_id: JobId,

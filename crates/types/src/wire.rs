@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::job::{
-    Bid, CapabilityAd, Health, JobId, Lease, ReputationUpdate, ResultNotice, SignedJob, WorkResult,
+    Bid, CapabilityAd, Health, Heartbeat, JobId, Lease, ReputationUpdate, ResultNotice, SignedJob,
+    WorkResult,
 };
 use crate::ledger::SignedTx;
 use crate::sign::Signed;
@@ -128,6 +129,9 @@ pub enum Request {
         result: Signed<WorkResult>,
         /// Stdout; its hash must match the claim's `output_hash` (empty on failure).
         output: Vec<u8>,
+        /// The first bytes of stderr (at most [`crate::job::MAX_STDERR_BYTES`]), for people:
+        /// not signed, not compared.
+        stderr: Vec<u8>,
     },
     /// From the submitter: the lease is withdrawn (job verified or abandoned). From the worker:
     /// it gives the lease back (it cannot fetch the job's blobs, or its pool is full).
@@ -141,6 +145,10 @@ pub enum Request {
         /// How many bytes at most (capped at [`limits::BLOB_CHUNK_BYTES`]).
         len: u32,
     },
+    /// From a worker: it is still working on the lease (see [`Heartbeat`]). Answered `Ack`
+    /// when the lease was extended, `Refused` when the submitter no longer holds it for this
+    /// worker (the worker should stop).
+    Heartbeat(Signed<Heartbeat>),
 }
 
 /// The answer to a [`Request`].
