@@ -29,6 +29,7 @@ use utoipa::ToSchema;
 mod client;
 pub mod defaults;
 mod estimate;
+mod events;
 mod jobs;
 mod ledger;
 mod node;
@@ -36,6 +37,7 @@ mod node;
 #[cfg(feature = "client")]
 pub use client::{Client, ClientError};
 pub use estimate::*;
+pub use events::*;
 pub use jobs::*;
 pub use ledger::*;
 pub use node::*;

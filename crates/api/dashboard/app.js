@@ -425,7 +425,7 @@
   }
 
   function renderTraining(t) {
-    const rounds = Array.isArray(t) ? t : (t && t.rounds) || [];
+    const rounds = Array.isArray(t) ? t : [];
     const show = rounds.length > 0;
     $("training").hidden = !show;
     $("nav-training").hidden = !show;
@@ -434,8 +434,8 @@
       (r) => el("tr", { "data-round": r.round }),
       (tr, r) => {
         cell(tr, "round num", r.round);
-        cell(tr, "accuracy num", r.accuracy === undefined ? "–" : Number(r.accuracy).toFixed(4));
-        cell(tr, "loss num", r.loss === undefined ? "–" : Number(r.loss).toFixed(4));
+        cell(tr, "accuracy num", r.accuracy === null || r.accuracy === undefined ? "–" : Number(r.accuracy).toFixed(4));
+        cell(tr, "loss num", r.loss === null || r.loss === undefined ? "–" : Number(r.loss).toFixed(4));
       });
   }
 

@@ -108,6 +108,48 @@ pub fn summary(r: &JobRecord) -> api::JobSummary {
     }
 }
 
+/// The quorum's verdict in words, once it decided.
+fn verdict(r: &JobRecord) -> Option<String> {
+    r.outcome.as_ref().map(|o| match o {
+        Outcome::Completed { exit_code, .. } => format!("completed, exit code {exit_code}"),
+        Outcome::Failed { kind, .. } => format!("failed: {kind}"),
+    })
+}
+
+/// One job of the dashboard's snapshot (`GET /v1/events`).
+pub fn snapshot_job(r: &JobRecord) -> api::SnapshotJob {
+    api::SnapshotJob {
+        summary: summary(r),
+        leases_active: n(r.leases.iter().filter(|l| l.ended_ms.is_none()).count()),
+        leases: n(r.leases.len()),
+        verdict: verdict(r),
+        max_price: r.job.payload.max_price,
+    }
+}
+
+/// One peer of the dashboard's snapshot, with the market's reputation score for it.
+pub fn snapshot_peer(p: agora_net::PeerInfo, reputation: Option<i64>) -> api::SnapshotPeer {
+    let info = peer(p);
+    let relayed =
+        !info.addresses.is_empty() && info.addresses.iter().all(|a| a.contains("/p2p-circuit"));
+    api::SnapshotPeer {
+        info,
+        reputation,
+        relayed,
+    }
+}
+
+/// One block of the dashboard's snapshot, counted.
+pub fn snapshot_block(b: &BlockReceipt) -> api::SnapshotBlock {
+    api::SnapshotBlock {
+        height: b.height,
+        txs: n(b.receipts.len()),
+        failed_txs: n(b.receipts.iter().filter(|r| r.error.is_some()).count()),
+        events: n(b.events.len()),
+        state_root: b.state_root.to_hex(),
+    }
+}
+
 fn limits(l: &JobLimits) -> api::JobLimits {
     api::JobLimits {
         fuel: l.fuel,

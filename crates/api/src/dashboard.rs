@@ -6,7 +6,8 @@
 //!   token from its own URL and sends it as a bearer header on the POSTs it makes.
 //! - `GET /dashboard/app.js`, `/dashboard/app.css`, `/dashboard/icon.svg` -> the assets (no token).
 //! - `GET /v1/events` -> server-sent events, read-only, no token: one `snapshot` event a second
-//!   with what the page shows (status, peers, jobs, ledger, wallet, host). At most
+//!   with what the page shows (status, peers, jobs, ledger, wallet, host), one JSON
+//!   [`agora_api_types::Snapshot`] built through [`crate::convert`]. At most
 //!   [`MAX_EVENT_STREAMS`] streams at once (503 beyond); a stream ends when its client goes.
 //!
 //! The assets live in `crates/api/dashboard/` and are compiled into the binary, so the page works
@@ -17,18 +18,19 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agora_node::{JobRecord, NodeHandle};
-use agora_types::job::Outcome;
+use agora_api_types::{HostHealth, Snapshot};
+use agora_node::NodeHandle;
 use axum::extract::{Query, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::ApiToken;
+use crate::convert;
 
 /// The most live event streams served at once.
 pub const MAX_EVENT_STREAMS: usize = 16;
@@ -77,7 +79,7 @@ type Cached = Option<(Instant, Arc<str>)>;
 /// What the live streams share: a permit per open stream, and the last snapshot, which every
 /// stream reuses while it is fresh, so that the node's work does not grow with the streams.
 #[derive(Clone)]
-struct Streams {
+pub(crate) struct Streams {
     permits: Arc<Semaphore>,
     last: Arc<Mutex<Cached>>,
 }
@@ -175,7 +177,25 @@ async fn icon() -> Response {
     hardened("image/svg+xml", ICON_SVG)
 }
 
-async fn events(
+/// The dashboard's live feed: server-sent events, one `snapshot` event a second.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "events",
+    tag = "dashboard",
+    summary = "The dashboard's live feed (read-only, no token)",
+    description = "Server-sent events (`text/event-stream`): a `snapshot` event at once, then one \
+                   a second. Each event's `data` is one JSON `Snapshot` (the schema below): the \
+                   node's status, peers, jobs, ledger, wallet, recent blocks and host, in the \
+                   same types as the other endpoints. At most 16 streams are served at once.",
+    responses(
+        (status = 200, description = "A server-sent event stream; each event's data is one JSON \
+            Snapshot", body = Snapshot, content_type = "text/event-stream"),
+        (status = 503, description = "Too many streams are open; close a dashboard tab and \
+            retry", body = agora_api_types::ErrorBody),
+    )
+)]
+pub(crate) async fn events(
     State(node): State<NodeHandle>,
     Extension(streams): Extension<Streams>,
 ) -> Response {
@@ -214,99 +234,8 @@ async fn events(
     r
 }
 
-/// What one `snapshot` event holds. Sections the node lacks (no ledger) are `null`.
-#[derive(Serialize)]
-struct Snapshot {
-    at_ms: u64,
-    status: Option<agora_node::NodeStatus>,
-    peers: Vec<PeerView>,
-    jobs: Vec<JobSummary>,
-    jobs_total: usize,
-    ledger: Option<agora_node::LedgerStatus>,
-    wallet: Option<agora_node::AccountView>,
-    history: Vec<HistoryItem>,
-    blocks: Vec<BlockView>,
-    host: HostHealth,
-    /// Training rounds, once the node runs training (none yet).
-    training: Option<()>,
-}
-
-#[derive(Serialize)]
-struct PeerView {
-    #[serde(flatten)]
-    info: agora_net::PeerInfo,
-    /// The market's reputation score for it, if it has one.
-    reputation: Option<i64>,
-    /// Whether every connection to it runs through a relay (`/p2p-circuit`).
-    relayed: bool,
-}
-
-#[derive(Serialize)]
-struct JobSummary {
-    id: String,
-    state: String,
-    reason: Option<String>,
-    redundancy: usize,
-    bids: usize,
-    leases_active: usize,
-    leases: usize,
-    results: usize,
-    verdict: Option<String>,
-    max_price: u64,
-    created_ms: u64,
-    finished_ms: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct HistoryItem {
-    height: u64,
-    event: agora_ledger::Event,
-}
-
-#[derive(Serialize)]
-struct BlockView {
-    height: u64,
-    txs: usize,
-    failed_txs: usize,
-    events: usize,
-    state_root: String,
-}
-
-#[derive(Serialize, Default)]
-struct HostHealth {
-    cpus: usize,
-    executor_slots: usize,
-    load_avg: Option<[f64; 3]>,
-    mem_total_bytes: Option<u64>,
-    mem_available_bytes: Option<u64>,
-}
-
-fn verdict(r: &JobRecord) -> Option<String> {
-    r.outcome.as_ref().map(|o| match o {
-        Outcome::Completed { exit_code, .. } => format!("completed, exit code {exit_code}"),
-        Outcome::Failed { kind, .. } => format!("failed: {kind}"),
-    })
-}
-
-fn summary(r: &JobRecord) -> JobSummary {
-    JobSummary {
-        id: r.id.to_hex(),
-        state: r.state.to_string(),
-        reason: crate::convert::reason(r),
-        redundancy: r.redundancy(),
-        bids: r.bids.len(),
-        leases_active: r.leases.iter().filter(|l| l.ended_ms.is_none()).count(),
-        leases: r.leases.len(),
-        results: r.results.len(),
-        verdict: verdict(r),
-        max_price: r.job.payload.max_price,
-        created_ms: r.created_ms,
-        finished_ms: r.finished_ms,
-    }
-}
-
 async fn snapshot(node: &NodeHandle) -> Snapshot {
-    let status = node.status().await.ok();
+    let status = node.status().await.ok().map(convert::status);
     let reputation = node.reputation().await;
     let peers = node
         .peers()
@@ -314,38 +243,30 @@ async fn snapshot(node: &NodeHandle) -> Snapshot {
         .unwrap_or_default()
         .into_iter()
         .map(|info| {
-            let relayed = !info.addresses.is_empty()
-                && info
-                    .addresses
-                    .iter()
-                    .all(|a| a.to_string().contains("/p2p-circuit"));
-            let reputation = reputation
+            let score = reputation
                 .iter()
                 .find(|(p, _)| *p == info.peer_id)
                 .map(|(_, s)| *s);
-            PeerView {
-                info,
-                reputation,
-                relayed,
-            }
+            convert::snapshot_peer(info, score)
         })
         .collect();
     let records = node.jobs().await;
     let jobs = records
         .iter()
         .take(MAX_SNAPSHOT_JOBS)
-        .map(summary)
+        .map(convert::snapshot_job)
         .collect();
-    let ledger = node.ledger_status().await.ok();
+    let ledger = node.ledger_status().await.ok().map(convert::ledger_status);
     let wallet = node
         .local_account()
         .ok()
-        .and_then(|me| node.account(&me.to_string()).ok());
+        .and_then(|me| node.account(&me.to_string()).ok())
+        .map(convert::account);
     let history = node
         .history(MAX_SNAPSHOT_HISTORY)
         .unwrap_or_default()
-        .into_iter()
-        .map(|(height, event)| HistoryItem { height, event })
+        .iter()
+        .map(convert::history_entry)
         .collect();
     let from = ledger.as_ref().map_or(0, |l| {
         l.height.saturating_sub(MAX_SNAPSHOT_BLOCKS as u64 - 1)
@@ -353,21 +274,15 @@ async fn snapshot(node: &NodeHandle) -> Snapshot {
     let blocks = node
         .blocks(from, MAX_SNAPSHOT_BLOCKS)
         .unwrap_or_default()
-        .into_iter()
+        .iter()
         .rev()
-        .map(|b| BlockView {
-            height: b.height,
-            txs: b.receipts.len(),
-            failed_txs: b.receipts.iter().filter(|r| r.error.is_some()).count(),
-            events: b.events.len(),
-            state_root: b.state_root.to_hex(),
-        })
+        .map(convert::snapshot_block)
         .collect();
     Snapshot {
         at_ms: agora_types::now_ms(),
         status,
         peers,
-        jobs_total: records.len(),
+        jobs_total: count(records.len()),
         jobs,
         ledger,
         wallet,
@@ -376,6 +291,10 @@ async fn snapshot(node: &NodeHandle) -> Snapshot {
         host: host_health(node.config().executor_slots).await,
         training: None,
     }
+}
+
+fn count(x: usize) -> u64 {
+    u64::try_from(x).unwrap_or(u64::MAX)
 }
 
 /// Load and memory from /proc where the host has it (Linux); `None` elsewhere.
@@ -389,8 +308,8 @@ async fn host_health(executor_slots: usize) -> HostHealth {
         .await
         .unwrap_or_default();
     HostHealth {
-        cpus,
-        executor_slots,
+        cpus: count(cpus),
+        executor_slots: count(executor_slots),
         load_avg,
         mem_total_bytes: meminfo_bytes(&mem, "MemTotal:"),
         mem_available_bytes: meminfo_bytes(&mem, "MemAvailable:"),

@@ -132,6 +132,9 @@ async fn submit(
         Err(e @ SubmitError::InsufficientFunds { .. }) => {
             Err(ApiError(StatusCode::PAYMENT_REQUIRED, e.to_string()))
         }
+        Err(e @ SubmitError::DiskFull(_)) => {
+            Err(ApiError(StatusCode::INSUFFICIENT_STORAGE, e.to_string()))
+        }
         Err(e) => Err(ApiError::internal(e)),
     }
 }

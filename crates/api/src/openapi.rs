@@ -11,9 +11,6 @@ use std::sync::OnceLock;
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{
-    ContentBuilder, HttpMethod, ObjectBuilder, PathItem, RefOr, ResponseBuilder, Schema, Type,
-};
 use utoipa::{Modify, OpenApi};
 
 /// The name of the bearer-token security scheme in the document.
@@ -51,9 +48,10 @@ pub const TOKEN_SCHEME: &str = "api_token";
         crate::ledger::transfer,
         crate::ledger::stake,
         crate::ledger::unstake,
+        crate::dashboard::events,
     ),
     components(schemas(agora_api_types::ErrorBody)),
-    modifiers(&Security, &Events),
+    modifiers(&Security),
     tags(
         (name = "node", description = "Identity, peers, metrics and this document"),
         (name = "jobs", description = "Blobs and jobs submitted through this node"),
@@ -89,43 +87,6 @@ impl Modify for Security {
                 )]);
             }
         }
-    }
-}
-
-/// `GET /v1/events`, the dashboard's server-sent events (its handler lives with the
-/// dashboard, which streams JSON snapshots rather than a typed body).
-struct Events;
-
-impl Modify for Events {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        let stream = ContentBuilder::new()
-            .schema(Some(RefOr::T(Schema::Object(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .description(Some(
-                        "`snapshot` events, one a second: JSON with the status, peers, jobs, \
-                         ledger, wallet and host the dashboard shows",
-                    ))
-                    .build(),
-            ))))
-            .build();
-        let ok = ResponseBuilder::new()
-            .description("A server-sent event stream")
-            .content("text/event-stream", stream)
-            .build();
-        let busy = ResponseBuilder::new()
-            .description("Too many streams are open")
-            .build();
-        let op = utoipa::openapi::path::OperationBuilder::new()
-            .operation_id(Some("events"))
-            .summary(Some("The dashboard's live feed (read-only, no token)"))
-            .tag("dashboard")
-            .response("200", ok)
-            .response("503", busy)
-            .build();
-        doc.paths
-            .paths
-            .insert("/v1/events".into(), PathItem::new(HttpMethod::Get, op));
     }
 }
 
@@ -274,6 +235,71 @@ mod tests {
             if let Some(get) = item.get("get") {
                 assert!(get.get("security").is_none(), "GET {path} asks for a token");
             }
+        }
+    }
+
+    /// The live feed is documented with the snapshot's schema as its event stream's content,
+    /// and that schema names what the dashboard reads.
+    #[test]
+    fn the_live_feed_is_typed() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let op = &doc["paths"]["/v1/events"]["get"];
+        assert_eq!(op["tags"][0], "dashboard", "{op}");
+        let ok = &op["responses"]["200"];
+        assert_eq!(
+            ok["content"]["text/event-stream"]["schema"]["$ref"], "#/components/schemas/Snapshot",
+            "{ok}"
+        );
+        assert!(
+            ok["description"]
+                .as_str()
+                .unwrap()
+                .contains("JSON Snapshot"),
+            "{ok}"
+        );
+        let limit = crate::dashboard::MAX_EVENT_STREAMS.to_string();
+        assert!(
+            op["description"].as_str().unwrap().contains(&limit),
+            "the description must say how many streams are served: {op}"
+        );
+        assert!(op["responses"]["503"]["content"]["application/json"].is_object());
+        let s = &doc["components"]["schemas"];
+        for field in [
+            "status",
+            "peers",
+            "jobs",
+            "jobs_total",
+            "ledger",
+            "wallet",
+            "history",
+        ] {
+            assert!(
+                s["Snapshot"]["properties"][field].is_object(),
+                "{}",
+                s["Snapshot"]
+            );
+        }
+        for (schema, field) in [
+            ("SnapshotBlock", "failed_txs"),
+            ("HostHealth", "load_avg"),
+            ("TrainingRound", "round"),
+        ] {
+            assert!(
+                s[schema]["properties"][field].is_object(),
+                "{schema}.{field}"
+            );
+        }
+        // A peer and a job carry the endpoint's own type (flattened) and the extra figures.
+        for (schema, base, extra) in [
+            ("SnapshotPeer", "PeerInfo", "relayed"),
+            ("SnapshotJob", "JobSummary", "leases_active"),
+        ] {
+            let text = s[schema].to_string();
+            assert!(
+                text.contains(&format!("#/components/schemas/{base}")),
+                "{text}"
+            );
+            assert!(text.contains(&format!("\"{extra}\"")), "{text}");
         }
     }
 

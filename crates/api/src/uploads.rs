@@ -58,6 +58,7 @@ fn store_error(e: StoreError) -> ApiError {
             StatusCode::INSUFFICIENT_STORAGE,
             format!("the node's disk is full: {e}; free space in its data directory"),
         ),
+        _ if e.is_disk_full() => ApiError(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
         _ => ApiError::internal(e),
     }
 }

@@ -1,14 +1,21 @@
 //! `agora devnet`: N real `agora node` processes on loopback, watched live.
 //!
 //! Each node gets a fresh data directory, free ports and no mDNS; node 0 is every other node's
-//! bootstrap peer, so discovery runs through the DHT. A live table on stderr shows each node's
-//! peers until Ctrl-C or the end of `--duration`; then every child is stopped (SIGTERM, then
-//! SIGKILL after 5 s) and, with `--json`, the last line on stdout is a one-line JSON summary.
-//! Children also die with the devnet process itself (parent-death signal), so none is left behind.
+//! bootstrap peer, so discovery runs through the DHT. On a terminal a live table on stderr shows
+//! each node's peers; in both cases short progress lines go to stderr as the nodes come up, when
+//! what they see changes, and (without a terminal) every 10 s. At Ctrl-C or the end of
+//! `--duration` the devnet first collects its summary from the still-running nodes, then stops
+//! every child (SIGTERM, then SIGKILL after 10 s); with `--json` the last line on stdout is a
+//! one-line JSON summary.
+//!
+//! Each child runs in its own process group, so a terminal's Ctrl-C (SIGINT to the foreground
+//! group) reaches only the devnet, which stops the nodes itself once it has their final state; a
+//! second Ctrl-C skips the summary. Children also die with the devnet process itself
+//! (`agora node --exit-with-parent`: a parent-death signal), so none is left behind.
 //! A node that exits (a crash, or a SIGKILL to try the network's resilience) is restarted on its
 //! data directory, up to 5 times: it resumes its jobs and resyncs the ledger.
 
-use std::net::{TcpListener, UdpSocket};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -75,6 +82,28 @@ pub(crate) struct Child_ {
 /// The most restarts of one node before the devnet gives up on it.
 const MAX_RESTARTS: u32 = 5;
 
+/// How long a node has to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Without a terminal, a progress line at least this often.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Progress lines on stderr: above the live table on a terminal, plain lines otherwise (the table
+/// is not drawn there). stdout stays for the summary.
+struct Notes {
+    multi: MultiProgress,
+    tty: bool,
+}
+
+impl Notes {
+    fn line(&self, text: impl AsRef<str>) {
+        let text = text.as_ref();
+        if !self.tty || self.multi.println(text).is_err() {
+            eprintln!("{text}");
+        }
+    }
+}
+
 /// Starts `agora node ARGS` with its output appended to `dir/node.log`.
 fn spawn_child(dir: &Path, args: &[String]) -> Result<Child> {
     let exe = std::env::current_exe().context("cannot find the agora executable")?;
@@ -90,6 +119,11 @@ fn spawn_child(dir: &Path, args: &[String]) -> Result<Child> {
             cmd.env_remove(k);
         }
     }
+    // Its own process group: a terminal's Ctrl-C goes to the devnet alone, which collects the
+    // nodes' final state before it stops them (the child's `--exit-with-parent` still ties its
+    // life to the devnet's).
+    #[cfg(unix)]
+    cmd.process_group(0);
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -98,11 +132,11 @@ fn spawn_child(dir: &Path, args: &[String]) -> Result<Child> {
 }
 
 fn free_tcp_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(agora_net::free_loopback_port(agora_net::PortKind::Tcp)?)
 }
 
 fn free_udp_port() -> Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(agora_net::free_loopback_port(agora_net::PortKind::Udp)?)
 }
 
 fn log_tail(dir: &Path) -> String {
@@ -156,7 +190,8 @@ pub(crate) async fn spawn_nodes(
         });
     }
     // Wait for every API to answer.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
     for node in &mut nodes {
         let api = connect(&node.api)?;
         loop {
@@ -169,6 +204,13 @@ pub(crate) async fn spawn_nodes(
                 );
             }
             if api.status().await.is_ok() {
+                eprintln!(
+                    "node {} up: {}  api {}  ({:.1} s)",
+                    node.index,
+                    node.peer_id,
+                    node.api,
+                    started.elapsed().as_secs_f64()
+                );
                 break;
             }
             if Instant::now() > deadline {
@@ -185,7 +227,7 @@ pub(crate) async fn spawn_nodes(
     Ok(nodes)
 }
 
-/// Stops every child: SIGTERM, then SIGKILL for any still running after 5 s.
+/// Stops every child: SIGTERM, then SIGKILL for any still running after [`STOP_GRACE`].
 pub(crate) async fn stop_nodes(nodes: &mut [Child_]) {
     for n in nodes.iter() {
         if let Some(pid) = n.child.id() {
@@ -195,13 +237,18 @@ pub(crate) async fn stop_nodes(nodes: &mut [Child_]) {
             );
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
     for n in nodes.iter_mut() {
-        match tokio::time::timeout_at(deadline, n.child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                let _ = n.child.kill().await;
-            }
+        if tokio::time::timeout_at(deadline, n.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "node {} did not stop within {} s of SIGTERM; killing it",
+                n.index,
+                STOP_GRACE.as_secs()
+            );
+            let _ = n.child.kill().await;
         }
     }
 }
@@ -252,6 +299,7 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
         ),
     };
     std::fs::create_dir_all(&base)?;
+    let launched = Instant::now();
     eprintln!(
         "starting {} nodes in {} (Ctrl-C to stop)",
         a.nodes,
@@ -295,6 +343,10 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
     let mut job_summary: Option<jobs::Summary> = None;
 
     let multi = MultiProgress::new();
+    let notes = Notes {
+        multi: multi.clone(),
+        tty: std::io::stderr().is_terminal(),
+    };
     let style = ProgressStyle::with_template("{prefix:>8} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     let header = multi.add(ProgressBar::new_spinner());
@@ -316,9 +368,14 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
     tokio::pin!(signal);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut early_exit: Option<String> = None;
+    let mut watch = Watch::default();
+    let mut stopped_by: Option<&str> = None;
     loop {
         tokio::select! {
-            _ = &mut signal => break,
+            s = &mut signal => {
+                stopped_by = Some(s);
+                break;
+            }
             _ = tick.tick() => {}
         }
         // A node that exits (crashed, or killed to try the network's resilience) is restarted
@@ -336,7 +393,7 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
                     continue;
                 }
                 n.restarts += 1;
-                let _ = multi.println(format!(
+                notes.line(format!(
                     "node {} exited ({status}); restarting it (restart {})",
                     n.index, n.restarts
                 ));
@@ -375,6 +432,33 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
                 nodes.len()
             ),
         });
+        let peers: Vec<Option<u64>> = st
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.connected_peers))
+            .collect();
+        if watch.meshed(&peers) {
+            notes.line(format!(
+                "every node sees its {} peers ({:.1} s after the start)",
+                nodes.len() - 1,
+                launched.elapsed().as_secs_f64()
+            ));
+        }
+        if watch.due(peers, notes.tty, Instant::now()) {
+            let height = if a.no_ledger {
+                String::new()
+            } else {
+                ledger_height(&nodes)
+                    .await
+                    .map_or(", ledger height ?".into(), |h| {
+                        format!(", ledger height {h}")
+                    })
+            };
+            notes.line(format!(
+                "devnet {elapsed} s: peers {} of {}{height}{jobs_line}",
+                watch.peers_text(),
+                nodes.len() - 1
+            ));
+        }
         if driver.as_ref().is_some_and(|d| d.is_finished()) {
             if let Some(d) = driver.take() {
                 job_summary = Some(d.await??);
@@ -388,19 +472,35 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
         }
     }
 
+    if let Some(s) = stopped_by {
+        notes.line(format!(
+            "{s}: collecting the summary from the running nodes, then stopping them \
+             (Ctrl-C again to skip the summary)"
+        ));
+    }
     if let Some(d) = driver.take() {
         d.abort();
         job_summary = Some(progress.summary(a.jobs));
     }
-    let ledger_summary = if a.no_ledger {
-        None
+    header.set_message(if a.no_ledger {
+        "collecting the nodes' final state"
     } else {
-        header.set_message("waiting for the ledger to settle verified jobs");
-        let verified = job_summary.as_ref().map_or(0, |j| j.verified);
-        Some(ledger_summary(&nodes, &byzantine_ids, verified).await)
+        "collecting the final state; waiting for the ledger to settle verified jobs"
+    });
+    let verified = job_summary.as_ref().map_or(0, |j| j.verified);
+    let collected = tokio::select! {
+        c = final_state(&nodes, &byzantine_ids, verified, !a.no_ledger) => Some(c),
+        s = crate::run_node::wait_for_signal() => {
+            notes.line(format!("{s} again: stopping the nodes without the summary"));
+            None
+        }
     };
-    let final_statuses = statuses(&nodes).await;
-    header.set_message("stopping nodes");
+    let (ledger_summary, final_statuses) = collected.unwrap_or_else(|| {
+        let ledger = (!a.no_ledger).then_some(Value::Null);
+        (ledger, nodes.iter().map(|_| None).collect())
+    });
+    header.set_message(format!("stopping {} nodes", nodes.len()));
+    notes.line(format!("stopping {} nodes", nodes.len()));
     stop_nodes(&mut nodes).await;
     let _ = multi.clear();
 
@@ -451,6 +551,74 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
         bail!(e);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When to print a progress line: when what the nodes see changes, and without a terminal (where
+/// no live table is drawn) at least every [`HEARTBEAT`]; and once when the mesh is complete.
+#[derive(Default)]
+struct Watch {
+    peers: Option<Vec<Option<u64>>>,
+    printed: Option<Instant>,
+    meshed: bool,
+}
+
+impl Watch {
+    /// True the first time every node answers and sees all the others.
+    fn meshed(&mut self, peers: &[Option<u64>]) -> bool {
+        let want = u64::try_from(peers.len().saturating_sub(1)).unwrap_or(u64::MAX);
+        if self.meshed || !peers.iter().all(|p| p.is_some_and(|p| p >= want)) {
+            return false;
+        }
+        self.meshed = true;
+        true
+    }
+
+    /// Records `peers`; true when a line is due now.
+    fn due(&mut self, peers: Vec<Option<u64>>, tty: bool, now: Instant) -> bool {
+        let changed = self.peers.as_ref() != Some(&peers);
+        let heartbeat = !tty
+            && self
+                .printed
+                .is_none_or(|t| now.duration_since(t) >= HEARTBEAT);
+        self.peers = Some(peers);
+        if changed || heartbeat {
+            self.printed = Some(now);
+        }
+        changed || heartbeat
+    }
+
+    /// The last peer counts, `?` for a node that did not answer: `[4 4 ? 4]`.
+    fn peers_text(&self) -> String {
+        let counts: Vec<String> = self
+            .peers
+            .iter()
+            .flatten()
+            .map(|p| p.map_or("?".into(), |p| p.to_string()))
+            .collect();
+        format!("[{}]", counts.join(" "))
+    }
+}
+
+/// Node 0's ledger height, if it answers.
+async fn ledger_height(nodes: &[Child_]) -> Option<u64> {
+    let api = connect(&nodes.first()?.api).ok()?;
+    api.ledger_status().await.ok().map(|s| s.height)
+}
+
+/// The summary's inputs, read from the still-running nodes: the ledger (when there is one) and
+/// each node's status.
+async fn final_state(
+    nodes: &[Child_],
+    byzantine: &[String],
+    verified: u64,
+    ledger: bool,
+) -> (Option<Value>, Vec<Option<NodeStatus>>) {
+    let ledger = if ledger {
+        Some(ledger_summary(nodes, byzantine, verified).await)
+    } else {
+        None
+    };
+    (ledger, statuses(nodes).await)
 }
 
 /// The one-line JSON summary `--json` prints at the end.
@@ -588,4 +756,36 @@ async fn ledger_summary(nodes: &[Child_], byzantine: &[String], verified: u64) -
         "state_roots_agree": roots_agree,
         "heights": heights,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_line_once_when_every_node_sees_all_others() {
+        let mut w = Watch::default();
+        assert!(!w.meshed(&[Some(2), None, Some(2)]));
+        assert!(!w.meshed(&[Some(2), Some(1), Some(2)]));
+        assert!(w.meshed(&[Some(2), Some(2), Some(2)]));
+        assert!(!w.meshed(&[Some(2), Some(2), Some(2)]));
+    }
+
+    #[test]
+    fn progress_line_on_change_and_heartbeat_without_terminal() {
+        let t0 = Instant::now();
+        let mut tty = Watch::default();
+        assert!(tty.due(vec![Some(1)], true, t0));
+        assert!(!tty.due(vec![Some(1)], true, t0 + HEARTBEAT * 3));
+        assert!(tty.due(vec![None], true, t0 + HEARTBEAT * 3));
+        assert_eq!(tty.peers_text(), "[?]");
+
+        let mut plain = Watch::default();
+        assert!(plain.due(vec![Some(1), Some(1)], false, t0));
+        assert!(!plain.due(vec![Some(1), Some(1)], false, t0 + HEARTBEAT / 2));
+        assert!(plain.due(vec![Some(1), Some(1)], false, t0 + HEARTBEAT));
+        assert!(!plain.due(vec![Some(1), Some(1)], false, t0 + HEARTBEAT * 3 / 2));
+        assert!(plain.due(vec![Some(1), Some(0)], false, t0 + HEARTBEAT * 3 / 2));
+        assert_eq!(plain.peers_text(), "[1 0]");
+    }
 }

@@ -123,7 +123,11 @@ fn a_damaged_database_is_refused_with_its_name_never_a_panic() {
         let out = wait_exit(child, 60);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let code = out.status.code();
-        assert_ne!(code, Some(0), "{name}: the node started on a damaged database");
+        assert_ne!(
+            code,
+            Some(0),
+            "{name}: the node started on a damaged database"
+        );
         assert_ne!(code, Some(101), "{name}: the node panicked:\n{stderr}");
         assert!(
             stderr.contains(&db.display().to_string()),
@@ -155,7 +159,10 @@ fn a_second_node_on_a_p2p_port_in_use_refuses_to_start() {
     wait_api(&mut first, api);
     let _first = Killed(first);
     let second = node_cmd(&root.path().join("b"), tcp, free_tcp_port())
-        .arg(format!("--listen=/ip4/127.0.0.1/udp/{}/quic-v1", free_udp_port()))
+        .arg(format!(
+            "--listen=/ip4/127.0.0.1/udp/{}/quic-v1",
+            free_udp_port()
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

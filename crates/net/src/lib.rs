@@ -83,7 +83,10 @@ pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, multiaddr};
 pub use metrics::NetMetrics;
 pub use peers::{PeerInfo, ip_of};
-pub use ports::{check_port_free, fd_headroom, fd_limit, fit_to_fd_limit, raise_fd_limit};
+pub use ports::{
+    PortKind, check_port_free, fd_headroom, fd_limit, fit_to_fd_limit, free_loopback_port,
+    raise_fd_limit,
+};
 
 /// What can go wrong in the network layer.
 #[derive(Debug, thiserror::Error, Clone)]

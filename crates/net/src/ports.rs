@@ -44,6 +44,53 @@ pub fn check_port_free(addr: SocketAddr) -> std::io::Result<()> {
     TcpListener::bind(addr).map(drop)
 }
 
+/// Which transport a port is picked for by [`free_loopback_port`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    /// A TCP port (P2P listener, consensus, HTTP API).
+    Tcp,
+    /// A UDP port (QUIC).
+    Udp,
+}
+
+/// A port free on 127.0.0.1 now, for a process started a little later (devnets, tests).
+///
+/// Picked below the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`), so
+/// that no outgoing connection of this machine can be given the same port as its source port
+/// between this check and the other process's bind: asking the kernel for port 0 would hand
+/// out a port from that range, where any `connect()` may take it in the meantime.
+pub fn free_loopback_port(kind: PortKind) -> std::io::Result<u16> {
+    use rand::Rng as _;
+    let low = ephemeral_low().unwrap_or(32_768);
+    let range = low.saturating_sub(16_384).max(1_024)..low.max(1_025);
+    let mut rng = rand::thread_rng();
+    for _ in 0..256 {
+        let port = rng.gen_range(range.clone());
+        let free = match kind {
+            PortKind::Tcp => TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            PortKind::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(),
+        };
+        if free {
+            return Ok(port);
+        }
+    }
+    // Everything below the ephemeral range is taken: fall back to the kernel's choice.
+    match kind {
+        PortKind::Tcp => TcpListener::bind("127.0.0.1:0")?
+            .local_addr()
+            .map(|a| a.port()),
+        PortKind::Udp => std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()
+            .map(|a| a.port()),
+    }
+}
+
+/// The first port of the kernel's ephemeral range, where it is known.
+fn ephemeral_low() -> Option<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// Raises the soft limit on open files to the hard limit where allowed (capped at 2^20, the
 /// kernel's usual `nr_open`). Returns the soft limit in force afterwards, `None` where unknown.
 pub fn raise_fd_limit() -> Option<u64> {
@@ -68,7 +115,9 @@ pub fn fd_limit() -> Option<u64> {
     #[cfg(unix)]
     {
         use nix::sys::resource::{Resource, getrlimit};
-        getrlimit(Resource::RLIMIT_NOFILE).ok().map(|(soft, _)| soft)
+        getrlimit(Resource::RLIMIT_NOFILE)
+            .ok()
+            .map(|(soft, _)| soft)
     }
     #[cfg(not(unix))]
     {
@@ -85,7 +134,6 @@ pub fn fd_headroom(fd_limit: u64) -> u64 {
 /// Caps `config`'s connection limits so that peer connections, established and pending, fit in
 /// `fd_limit` less [`fd_headroom`]. Returns whether anything was lowered.
 pub fn fit_to_fd_limit(config: &mut Config, fd_limit: u64) -> bool {
-    if std::env::var_os("XTMP_NOFIT").is_some() { return false; }
     let budget = fd_limit.saturating_sub(fd_headroom(fd_limit)).max(8);
     let budget = u32::try_from(budget).unwrap_or(u32::MAX);
     let pending = (budget / 4).max(4);
@@ -135,13 +183,19 @@ mod tests {
     #[test]
     fn connection_limits_fit_the_fd_limit() {
         let mut c = Config::local();
-        assert!(!fit_to_fd_limit(&mut c, 65_536), "a large limit changes nothing");
+        assert!(
+            !fit_to_fd_limit(&mut c, 65_536),
+            "a large limit changes nothing"
+        );
         assert_eq!((c.max_connections, c.max_pending_incoming), (256, 64));
         for limit in [64u64, 128, 256, 1024] {
             let mut c = Config::production();
             fit_to_fd_limit(&mut c, limit);
             let used = u64::from(c.max_connections + c.max_pending_incoming);
-            assert!(used <= limit.saturating_sub(fd_headroom(limit)).max(8), "{limit}: {used}");
+            assert!(
+                used <= limit.saturating_sub(fd_headroom(limit)).max(8),
+                "{limit}: {used}"
+            );
             assert!(c.max_connections >= 4 && c.max_pending_incoming >= 4);
         }
         let c = Config::local();

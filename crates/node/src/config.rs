@@ -497,10 +497,17 @@ mod tests {
         let c = NodeConfig::validate(FileConfig::default()).unwrap();
         assert_eq!(c.blob_quota_bytes, 1 << 30);
         assert_eq!(c.spec_bounds().max_input_bytes, 64 << 20);
-        let p = NodeConfig::validate(FileConfig::parse("preset = \"production\"").unwrap()).unwrap();
+        let p =
+            NodeConfig::validate(FileConfig::parse("preset = \"production\"").unwrap()).unwrap();
         assert_eq!(p.blob_quota_bytes, 10 << 30);
         let small = FileConfig::parse("max_input_bytes = 1000").unwrap();
-        assert_eq!(NodeConfig::validate(small).unwrap().spec_bounds().max_input_bytes, 1000);
+        assert_eq!(
+            NodeConfig::validate(small)
+                .unwrap()
+                .spec_bounds()
+                .max_input_bytes,
+            1000
+        );
         let e = NodeConfig::validate(FileConfig::parse("blob_quota_bytes = 5").unwrap())
             .unwrap_err()
             .to_string();

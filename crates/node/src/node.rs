@@ -693,19 +693,20 @@ impl Node {
         // libp2p's, listens with SO_REUSEPORT and would share it silently).
         if let Some(lc) = &config.ledger
             && lc.listen.port() != 0
-            && std::env::var_os("XTMP_NOCHECK").is_none()
             && let Err(e) = agora_net::check_port_free(lc.listen)
         {
-            return Err(NodeError::Ledger(if e.kind() == std::io::ErrorKind::AddrInUse {
-                format!(
-                    "cannot listen for consensus on {}: the port is already in use by another \
+            return Err(NodeError::Ledger(
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    format!(
+                        "cannot listen for consensus on {}: the port is already in use by another \
                      process (another agora node?); stop it, or choose another port with \
                      --consensus-listen",
-                    lc.listen
-                )
-            } else {
-                format!("cannot listen for consensus on {}: {e}", lc.listen)
-            }));
+                        lc.listen
+                    )
+                } else {
+                    format!("cannot listen for consensus on {}: {e}", lc.listen)
+                },
+            ));
         }
         // Each peer connection is a file; the network fits its limits to what is allowed.
         let fd_limit = agora_net::raise_fd_limit();

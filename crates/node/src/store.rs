@@ -73,7 +73,9 @@ pub enum StoreError {
         reason: String,
     },
     /// Another process holds the database open.
-    #[error("the database {path} is in use by another process; is another node using the same --data-dir?")]
+    #[error(
+        "the database {path} is in use by another process; is another node using the same --data-dir?"
+    )]
     InUse {
         /// The file.
         path: PathBuf,
@@ -364,10 +366,7 @@ impl Store {
     /// Runs `f` on the database. A failure that leaves the handle unusable closes it; the
     /// operation is tried once more on a fresh handle (the failure may have been an earlier
     /// operation's, latched by redb).
-    fn with_db<T>(
-        &self,
-        f: impl Fn(&Database) -> Result<T, redb::Error>,
-    ) -> Result<T, StoreError> {
+    fn with_db<T>(&self, f: impl Fn(&Database) -> Result<T, redb::Error>) -> Result<T, StoreError> {
         let mut last = None;
         for _ in 0..2 {
             let db = self.db()?;
@@ -557,11 +556,10 @@ impl Store {
     /// Writes `data` to a temporary file and renames it to `path`; the temporary file is removed
     /// on failure.
     fn write_file(&self, hash: &Hash, path: &Path, data: &[u8]) -> Result<(), StoreError> {
-        let tmp = self.inner.blobs.join(format!(
-            ".{}.{}.tmp",
-            hash.to_hex(),
-            rand::random::<u32>()
-        ));
+        let tmp =
+            self.inner
+                .blobs
+                .join(format!(".{}.{}.tmp", hash.to_hex(), rand::random::<u32>()));
         let write = || -> io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(data)?;
@@ -733,7 +731,9 @@ fn scan_blobs(dir: &Path) -> Result<BlobIndex, StoreError> {
         if name.starts_with('.') && name.ends_with(".tmp") {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => removed += 1,
-                Err(e) => warn!(file = %entry.path().display(), error = %e, "cannot remove a temporary file"),
+                Err(e) => {
+                    warn!(file = %entry.path().display(), error = %e, "cannot remove a temporary file")
+                }
             }
             continue;
         }
@@ -871,7 +871,10 @@ mod tests {
         s.get_blob(&recent, u64::MAX).unwrap();
         assert_eq!(s.blob_bytes(), 1000);
         let new = s.put_blob(&blob(6)).unwrap();
-        assert!(!s.has_blob(&old), "the least recently used unneeded blob stays");
+        assert!(
+            !s.has_blob(&old),
+            "the least recently used unneeded blob stays"
+        );
         for h in [module, input, output, recent, new] {
             assert!(s.has_blob(&h), "a blob that should stay was evicted");
         }
@@ -932,7 +935,13 @@ mod tests {
         assert!(s.has_blob(&module) && s.has_blob(&input));
         let tmps = std::fs::read_dir(dir.path().join("blobs"))
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
             .count();
         assert_eq!(tmps, 0);
     }

@@ -3,7 +3,6 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::fs::OpenOptions;
-use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,20 +11,14 @@ use serde_json::Value;
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_agora");
 
+/// A free TCP port below the ephemeral range (see `agora_net::free_loopback_port`).
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    agora_net::free_loopback_port(agora_net::PortKind::Tcp).expect("a free TCP port")
 }
 
+/// A free UDP port below the ephemeral range.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    agora_net::free_loopback_port(agora_net::PortKind::Udp).expect("a free UDP port")
 }
 
 pub struct Node {
