@@ -66,6 +66,17 @@ pub enum ClientError {
         /// What did not parse.
         source: reqwest::Error,
     },
+    /// The answer's body was not the JSON this API version sends.
+    #[error(
+        "{base} sent JSON this client cannot read (is it another Agora version? a body over \
+         {JSON_BODY_CAP} bytes is cut there): {source}"
+    )]
+    Json {
+        /// The API's base URL.
+        base: String,
+        /// What did not parse.
+        source: serde_json::Error,
+    },
 }
 
 impl ClientError {
@@ -151,7 +162,10 @@ impl Client {
             return Ok(r);
         }
         let status = r.status();
-        let text = r.text().await.unwrap_or_default();
+        // An error answer is read up to ERROR_BODY_CAP: a hostile or broken server cannot make
+        // the client hold an endless error page.
+        let body = read_capped(r, ERROR_BODY_CAP).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
         let message = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(b) => b.error,
             Err(_) if text.trim().is_empty() => "no details".to_string(),
@@ -165,7 +179,13 @@ impl Client {
     }
 
     async fn decode<T: DeserializeOwned>(&self, r: Response) -> Result<T, ClientError> {
-        r.json().await.map_err(|source| ClientError::Decode {
+        let bytes = read_capped(r, JSON_BODY_CAP)
+            .await
+            .map_err(|source| ClientError::Decode {
+                base: self.base().to_string(),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|source| ClientError::Json {
             base: self.base().to_string(),
             source,
         })
@@ -334,6 +354,26 @@ impl Client {
     }
 }
 
+/// The most of an error answer's body the client reads (its message is cut to 500 characters).
+pub const ERROR_BODY_CAP: usize = 16 * 1024;
+
+/// The most of a JSON answer's body the client reads: far above any answer a node gives (job
+/// lists are paged, outputs are not JSON).
+pub const JSON_BODY_CAP: usize = 64 * 1024 * 1024;
+
+/// The body of `r`, at most `cap` bytes of it (the rest is not read).
+async fn read_capped(mut r: Response, cap: usize) -> Result<Vec<u8>, reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = r.chunk().await? {
+        let room = cap.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= cap {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +406,46 @@ mod tests {
         let c = Client::new("127.0.0.1:9", None).unwrap();
         let e = c.status().await.unwrap_err().to_string();
         assert!(e.contains("is `agora node` running"), "{e}");
+    }
+
+    /// A server that answers 500 with an endless body: the client reads ERROR_BODY_CAP of it
+    /// and returns the error, instead of reading until the server stops.
+    #[tokio::test]
+    async fn an_endless_error_body_is_cut() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = sock.read(&mut req).await;
+            let head = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\n\
+                        transfer-encoding: chunked\r\n\r\n";
+            sock.write_all(head.as_bytes()).await.unwrap();
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+            let mut sent = 0usize;
+            // Up to 1 GiB, far past the cap; stops when the client hangs up.
+            while sent < (1 << 30) {
+                if sock.write_all(chunk.as_bytes()).await.is_err() {
+                    break;
+                }
+                sent += 64 * 1024;
+            }
+            sent
+        });
+        let c = Client::new(&addr.to_string(), None).unwrap();
+        let e = c.status().await.unwrap_err();
+        assert_eq!(e.status(), Some(StatusCode::INTERNAL_SERVER_ERROR), "{e}");
+        let ClientError::Api { message, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(
+            message.chars().count(),
+            500,
+            "the message is cut to 500 characters"
+        );
+        drop(c);
+        let sent = server.await.unwrap();
+        assert!(sent < (1 << 30), "the client read the whole endless body");
     }
 }

@@ -36,7 +36,7 @@
 //! 200 ms), `AGORA_BENCH_LEDGER_RATE` (offered tx/s).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -210,7 +210,8 @@ impl Application for BenchApp {
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    let port = agora_net::free_loopback_port(agora_net::PortKind::Tcp)?;
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 fn peer_id(kp: &Keypair) -> String {

@@ -1,7 +1,7 @@
 //! Multi-node scenarios: four validators and a late follower, all in this process on 127.0.0.1.
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,11 +58,10 @@ impl Application for ListApp {
     }
 }
 
+/// A free port below the ephemeral range, never handed out twice in this process.
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    let port = agora_net::free_loopback_port(agora_net::PortKind::Tcp).unwrap();
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 struct Node {

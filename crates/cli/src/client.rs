@@ -40,7 +40,7 @@ pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T>
 }
 
 pub fn status(a: &ClientArgs) -> Result<ExitCode> {
-    let api = connect_with(&a.api, a.token.as_deref())?;
+    let api = a.node.connect()?;
     let s = block_on(async { Ok(api.status().await?) })?;
     if a.json {
         outln!("{}", serde_json::to_string(&s)?);
@@ -58,7 +58,7 @@ pub fn status(a: &ClientArgs) -> Result<ExitCode> {
 }
 
 pub fn peers(a: &ClientArgs) -> Result<ExitCode> {
-    let api = connect_with(&a.api, a.token.as_deref())?;
+    let api = a.node.connect()?;
     let list = block_on(async { Ok(api.peers().await?) })?;
     if a.json {
         outln!("{}", serde_json::to_string(&list)?);

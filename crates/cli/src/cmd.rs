@@ -67,17 +67,31 @@ pub struct DataDirArgs {
     pub json: bool,
 }
 
+/// Which node a client command talks to, and its API token: one flag pair for every command.
 #[derive(Args, Debug, Clone)]
-pub struct ClientArgs {
-    /// The node's HTTP API.
+pub struct ApiArgs {
+    /// The node's HTTP API: HOST:PORT or an http(s) URL.
     #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
     pub api: String,
-    /// Print JSON for scripts instead of a table.
-    #[arg(long)]
-    pub json: bool,
     /// The node's API token [default: read from the token file the node wrote on this machine].
     #[arg(long, env = "AGORA_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+impl ApiArgs {
+    /// A typed client for this node, with its token (see [`crate::client::connect_with`]).
+    pub fn connect(&self) -> anyhow::Result<agora_api_types::Client> {
+        crate::client::connect_with(&self.api, self.token.as_deref())
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub node: ApiArgs,
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `agora node`. Each may also come from an `AGORA_*` variable or the TOML file given

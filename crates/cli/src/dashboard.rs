@@ -11,27 +11,25 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use crate::cmd::ApiArgs;
+
 #[derive(Args, Debug)]
 pub struct DashboardArgs {
-    /// The node's HTTP API.
-    #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
-    pub api: String,
-    /// The node's API token [default: $AGORA_API_TOKEN, else the token file the node wrote].
-    #[arg(long)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub node: ApiArgs,
     /// Also open the link in the desktop's browser (xdg-open), when a display exists.
     #[arg(long)]
     pub open: bool,
 }
 
 pub fn run(a: DashboardArgs) -> Result<ExitCode> {
-    let base = base_url(&a.api);
-    let Some(token) = crate::token::find(&a.api, a.token.as_deref()) else {
+    let base = base_url(&a.node.api);
+    let Some(token) = crate::token::find(&a.node.api, a.node.token.as_deref()) else {
         bail!(
             "no API token for the node at {}: {}; the node writes its token to \
              <data_dir>/api.token at start",
-            a.api,
-            crate::token::hint(&a.api)
+            a.node.api,
+            crate::token::hint(&a.node.api)
         );
     };
     let url = format!("{base}/?token={token}");

@@ -7,7 +7,7 @@ use agora_api_types::{Estimate, EstimateQuery, PriceRange, defaults};
 use anyhow::Result;
 use clap::Args;
 
-use crate::client::connect_with;
+use crate::cmd::ApiArgs;
 
 #[derive(Args, Debug)]
 pub struct EstimateArgs {
@@ -29,12 +29,8 @@ pub struct EstimateArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// The node's HTTP API.
-    #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
-    pub api: String,
-    /// The node's API token [default: read from the token file the node wrote on this machine].
-    #[arg(long, env = "AGORA_API_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub node: ApiArgs,
 }
 
 fn range(r: Option<PriceRange>) -> String {
@@ -80,7 +76,7 @@ pub fn table(e: &Estimate) -> Vec<String> {
 }
 
 pub async fn run(a: EstimateArgs) -> Result<ExitCode> {
-    let api = connect_with(&a.api, a.token.as_deref())?;
+    let api = a.node.connect()?;
     let q = EstimateQuery {
         redundancy: Some(a.redundancy),
         max_price: Some(a.max_price),

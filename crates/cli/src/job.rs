@@ -16,7 +16,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::client::connect_with;
+use crate::cmd::ApiArgs;
 use crate::timefmt::{rfc3339, since};
 
 /// The exit code when the job's program failed: it exited non-zero, trapped or broke a limit.
@@ -86,12 +86,8 @@ pub struct SubmitArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// The node's HTTP API.
-    #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
-    pub api: String,
-    /// The node's API token [default: read from the token file the node wrote on this machine].
-    #[arg(long, env = "AGORA_API_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub node: ApiArgs,
 }
 
 #[derive(Args, Debug)]
@@ -101,12 +97,8 @@ pub struct IdArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// The node's HTTP API.
-    #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
-    pub api: String,
-    /// The node's API token [default: read from the token file the node wrote on this machine].
-    #[arg(long, env = "AGORA_API_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub node: ApiArgs,
 }
 
 #[derive(Args, Debug)]
@@ -116,12 +108,8 @@ pub struct OutputArgs {
     /// Write to this file instead of stdout.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// The node's HTTP API.
-    #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
-    pub api: String,
-    /// The node's API token [default: read from the token file the node wrote on this machine].
-    #[arg(long, env = "AGORA_API_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub node: ApiArgs,
 }
 
 #[derive(Args, Debug)]
@@ -129,12 +117,8 @@ pub struct ListArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// The node's HTTP API.
-    #[arg(long, env = "AGORA_API", default_value = "127.0.0.1:7460")]
-    pub api: String,
-    /// The node's API token [default: read from the token file the node wrote on this machine].
-    #[arg(long, env = "AGORA_API_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub node: ApiArgs,
 }
 
 pub fn run(cmd: JobCommand) -> Result<ExitCode> {
@@ -305,7 +289,7 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode> {
         );
     }
     let input = read_input(&a.input)?;
-    let api = connect_with(&a.api, a.token.as_deref())?;
+    let api = a.node.connect()?;
     let req = SubmitRequest {
         args: a.args.clone(),
         redundancy: Some(a.redundancy),
@@ -443,7 +427,7 @@ pub fn render(r: &JobView) -> String {
 }
 
 async fn status(a: IdArgs) -> Result<ExitCode> {
-    let api = connect_with(&a.api, a.token.as_deref())?;
+    let api = a.node.connect()?;
     let r = api.job(&a.id).await?;
     if a.json {
         outln!("{}", serde_json::to_string(&r)?);
@@ -455,7 +439,7 @@ async fn status(a: IdArgs) -> Result<ExitCode> {
 }
 
 async fn output(a: OutputArgs) -> Result<ExitCode> {
-    let api = connect_with(&a.api, a.token.as_deref())?;
+    let api = a.node.connect()?;
     let bytes = match api.output(&a.id).await {
         Ok(b) => b,
         Err(e) if e.status().is_some_and(|s| s.as_u16() == 409) => {
@@ -485,7 +469,7 @@ async fn output(a: OutputArgs) -> Result<ExitCode> {
 }
 
 async fn list(a: ListArgs) -> Result<ExitCode> {
-    let api = connect_with(&a.api, a.token.as_deref())?;
+    let api = a.node.connect()?;
     let jobs = api.jobs().await?;
     if a.json {
         outln!("{}", serde_json::to_string(&jobs)?);
@@ -515,7 +499,7 @@ async fn list(a: ListArgs) -> Result<ExitCode> {
 }
 
 async fn cancel(a: IdArgs) -> Result<ExitCode> {
-    let api = connect_with(&a.api, a.token.as_deref())?;
+    let api = a.node.connect()?;
     let c = api.cancel(&a.id).await?;
     if a.json {
         outln!("{}", serde_json::to_string(&c)?);

@@ -8,7 +8,7 @@ use agora_ledger::{Genesis, GenesisAccount, Params};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use crate::client::{block_on, connect_with};
+use crate::client::block_on;
 use crate::cmd::ClientArgs;
 
 /// This node's account: balance, transfers, staking and history.
@@ -58,7 +58,7 @@ pub enum WalletCommand {
 pub fn run(c: WalletCommand) -> Result<ExitCode> {
     match c {
         WalletCommand::Balance { client, account } => {
-            let api = connect_with(&client.api, client.token.as_deref())?;
+            let api = client.node.connect()?;
             let v = block_on(async {
                 Ok(match &account {
                     Some(a) => api.account(a).await?,
@@ -95,7 +95,7 @@ pub fn run(c: WalletCommand) -> Result<ExitCode> {
             Ok(api.unstake(amount, true).await?)
         }),
         WalletCommand::History { client, limit } => {
-            let api = connect_with(&client.api, client.token.as_deref())?;
+            let api = client.node.connect()?;
             let q = HistoryQuery {
                 limit: Some(u64::try_from(limit).unwrap_or(u64::MAX)),
             };
@@ -166,7 +166,7 @@ where
     F: FnOnce(agora_api_types::Client) -> Fut,
     Fut: std::future::Future<Output = Result<TxOutcome>>,
 {
-    let api = connect_with(&client.api, client.token.as_deref())?;
+    let api = client.node.connect()?;
     let v = block_on(call(api))?;
     if client.json {
         outln!("{}", serde_json::to_string(&v)?);

@@ -29,12 +29,9 @@ impl Drop for Killed {
     }
 }
 
+/// A free port below the ephemeral range, never handed out twice in this process.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    agora_net::free_loopback_port(agora_net::PortKind::Tcp).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

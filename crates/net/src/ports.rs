@@ -59,18 +59,23 @@ pub enum PortKind {
 /// that no outgoing connection of this machine can be given the same port as its source port
 /// between this check and the other process's bind: asking the kernel for port 0 would hand
 /// out a port from that range, where any `connect()` may take it in the meantime.
+///
+/// A port is handed out once: this process never picks it again (tests pick ports for several
+/// networks at once, and a killed node's ports are free until it restarts on them), and other
+/// processes skip it for [`RESERVATION`] because a marker file for it is left in
+/// `$TMPDIR/agora-ports` (devnets and test processes pick beside each other).
 pub fn free_loopback_port(kind: PortKind) -> std::io::Result<u16> {
     use rand::Rng as _;
     let low = ephemeral_low().unwrap_or(32_768);
     let range = low.saturating_sub(16_384).max(1_024)..low.max(1_025);
     let mut rng = rand::thread_rng();
-    for _ in 0..256 {
+    for _ in 0..1024 {
         let port = rng.gen_range(range.clone());
         let free = match kind {
             PortKind::Tcp => TcpListener::bind(("127.0.0.1", port)).is_ok(),
             PortKind::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(),
         };
-        if free {
+        if free && reserve(port) {
             return Ok(port);
         }
     }
@@ -83,6 +88,39 @@ pub fn free_loopback_port(kind: PortKind) -> std::io::Result<u16> {
             .local_addr()
             .map(|a| a.port()),
     }
+}
+
+/// How long a port handed out by [`free_loopback_port`] is kept from other processes.
+pub const RESERVATION: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Claims `port` for this process: false when this process handed it out already, or another
+/// process did less than [`RESERVATION`] ago.
+fn reserve(port: u16) -> bool {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static TAKEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let mut taken = TAKEN
+        .get_or_init(|| Mutex::new(HashSet::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if taken.contains(&port) {
+        return false;
+    }
+    let dir = std::env::temp_dir().join("agora-ports");
+    let marker = dir.join(port.to_string());
+    let fresh = std::fs::metadata(&marker)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < RESERVATION);
+    if fresh {
+        return false;
+    }
+    // Best effort: without a writable temp dir only this process's own picks are kept apart.
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(&marker, std::process::id().to_string());
+    taken.insert(port);
+    true
 }
 
 /// The first port of the kernel's ephemeral range, where it is known.
@@ -200,5 +238,18 @@ mod tests {
         }
         let c = Config::local();
         assert_eq!(max_established_incoming(&c), 256 - 32);
+    }
+
+    #[test]
+    fn picked_ports_are_never_handed_out_twice() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let port = free_loopback_port(PortKind::Tcp).unwrap();
+            assert!(seen.insert(port), "port {port} handed out twice");
+            let marker = std::env::temp_dir().join("agora-ports").join(port.to_string());
+            assert!(marker.exists(), "no reservation marker for {port}");
+            // Another process would skip it: the marker is fresh.
+            assert!(!reserve(port));
+        }
     }
 }
