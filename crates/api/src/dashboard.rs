@@ -257,11 +257,7 @@ async fn snapshot(node: &NodeHandle) -> Snapshot {
         .map(convert::snapshot_job)
         .collect();
     let ledger = node.ledger_status().await.ok().map(convert::ledger_status);
-    let wallet = node
-        .local_account()
-        .ok()
-        .and_then(|me| node.account(&me.to_string()).ok())
-        .map(convert::account);
+    let wallet = node.own_account().ok().map(convert::account);
     let history = node
         .history(MAX_SNAPSHOT_HISTORY)
         .unwrap_or_default()

@@ -207,11 +207,7 @@ pub(crate) async fn estimate(
         0
     };
     let balance = if ledger {
-        node.local_account()
-            .ok()
-            .and_then(|me| node.account(&me.to_string()).ok())
-            .map(|a| a.balance)
-            .or(Some(0))
+        node.own_account().ok().map(|a| a.balance).or(Some(0))
     } else {
         None
     };

@@ -135,8 +135,7 @@ async fn blocks(
     )
 )]
 async fn wallet(State(node): State<NodeHandle>) -> Result<Json<AccountView>, ApiError> {
-    let me = node.local_account().map_err(ledger_error)?;
-    let a = node.account(&me.to_string()).map_err(ledger_error)?;
+    let a = node.own_account().map_err(ledger_error)?;
     Ok(Json(convert::account(a)))
 }
 

@@ -592,3 +592,63 @@ fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// A worker whose `max_input_bytes` (here 1000, from a `--config` file) is below a job's input
+/// never bids on it, so it is never leased it: a 4,000-byte-input job runs on the two other
+/// workers. The same worker takes a job whose input fits: a redundancy-3 job right after is run
+/// by all three workers, so the first result is not a worker that was merely not there.
+#[test]
+fn a_worker_whose_input_limit_is_smaller_is_never_leased_the_job() {
+    let mut net = Network::start(4);
+    let config = net.file("small-input.toml", b"max_input_bytes = 1000\n");
+    net.nodes[1].kill();
+    net.nodes[1]
+        .args
+        .push(format!("--config={}", config.display()));
+    net.nodes[1].spawn();
+    net.wait_api(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while net
+        .get(1, "/v1/status")
+        .ok()
+        .and_then(|s| s["connected_peers"].as_u64())
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 did not reconnect to the 3 others within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Capability ads (every 2 s in the local preset) spread again.
+    std::thread::sleep(Duration::from_secs(3));
+    let small = net.nodes[1].peer_id.clone();
+    let module = net.file(
+        "empty.wasm",
+        &wasm(r#"(module (memory 1) (func (export "_start")))"#),
+    );
+
+    let id = net.submit(0, &module, &[b'x'; 4000], &["--redundancy", "2"]);
+    let r = net.wait_final(0, &id, Duration::from_secs(60));
+    assert_eq!(state(&r), "verified", "{}", show(&r));
+    assert!(
+        leases(&r).all(|l| l["worker"].as_str() != Some(small.as_str())),
+        "the worker with max_input_bytes = 1000 was leased a 4000-byte input:\n{}",
+        show(&r)
+    );
+
+    let id = net.submit(0, &module, &[b'x'; 100], &["--redundancy", "3"]);
+    let r = net.wait_final(0, &id, Duration::from_secs(60));
+    assert_eq!(state(&r), "verified", "{}", show(&r));
+    assert!(
+        r["quorum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str() == Some(small.as_str())),
+        "the worker with the small limit should run a job whose input fits:\n{}",
+        show(&r)
+    );
+    net.assert_all_alive();
+}

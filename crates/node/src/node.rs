@@ -478,6 +478,11 @@ impl NodeHandle {
         Ok(self.ledger()?.local)
     }
 
+    /// This node's own account (its wallet).
+    pub fn own_account(&self) -> Result<AccountView, LedgerError> {
+        self.account(&self.local_account()?.to_string())
+    }
+
     /// An account, by peer id.
     pub fn account(&self, peer_id: &str) -> Result<AccountView, LedgerError> {
         let ledger = self.ledger()?;

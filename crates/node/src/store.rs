@@ -34,7 +34,7 @@ use agora_market::JobRecord;
 use agora_types::Hash;
 use agora_types::job::Outcome;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 const JOBS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("jobs");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
@@ -693,6 +693,7 @@ impl Store {
             });
         }
         lock(&self.inner.index).touch(hash);
+        mark_used(&f);
         Ok(Some(buf))
     }
 
@@ -715,7 +716,20 @@ impl Store {
         let mut buf = vec![0u8; want];
         f.read_exact(&mut buf)?;
         lock(&self.inner.index).touch(hash);
+        if start == 0 {
+            // The first chunk of a transfer marks the use; later chunks need not.
+            mark_used(&f);
+        }
         Ok(Some((total, buf)))
+    }
+}
+
+/// Records a use of a blob in its file's modification time, which [`scan_blobs`] reads as the
+/// use order after a restart (so a blob read often is not evicted first after one). Best
+/// effort: where the time cannot be set, only this run's order knows of the use.
+fn mark_used(f: &std::fs::File) {
+    if let Err(e) = f.set_modified(std::time::SystemTime::now()) {
+        debug!(error = %e, "cannot record a blob's use in its modification time");
     }
 }
 
@@ -891,6 +905,32 @@ mod tests {
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.blob_bytes(), 1000);
+    }
+
+    #[test]
+    fn use_order_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            blob_quota_bytes: 600,
+        };
+        let s = Store::open_with(dir.path(), config).unwrap();
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(20));
+        let first = s.put_blob(&[1; 200]).unwrap();
+        pause();
+        let second = s.put_blob(&[2; 200]).unwrap();
+        pause();
+        let third = s.put_blob(&[3; 200]).unwrap();
+        pause();
+        // `first` is written first but read last; `second` is the least recently used.
+        s.read_blob_range(&first, 0, 16).unwrap().unwrap();
+        drop(s);
+        let s = Store::open_with(dir.path(), config).unwrap();
+        s.put_blob(&[4; 200]).unwrap();
+        assert!(!s.has_blob(&second), "the least recently used blob stays");
+        assert!(
+            s.has_blob(&first) && s.has_blob(&third),
+            "a blob used after the restart's scan order was evicted"
+        );
     }
 
     #[test]
