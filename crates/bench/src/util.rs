@@ -269,6 +269,99 @@ pub(crate) async fn connectivity(nodes: &[Node]) -> anyhow::Result<(usize, f64, 
     Ok((min, round(mean, 1), max))
 }
 
+/// A Python interpreter that can `import` every module in `modules`, for a baseline run in the
+/// same invocation: `$AGORA_BENCH_PYTHON`, then this checkout's `target/bench-venv` (made by
+/// `bash bench/venv.sh`) and `target/ci-venv`, then `python3` on the PATH. The error says what
+/// was tried and how to get one.
+pub(crate) fn python_with(modules: &[&str]) -> Result<std::path::PathBuf, String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut candidates: Vec<std::path::PathBuf> = vec![];
+    if let Some(p) = std::env::var_os("AGORA_BENCH_PYTHON") {
+        candidates.push(p.into());
+    }
+    candidates.push(root.join("target/bench-venv/bin/python"));
+    candidates.push(root.join("target/ci-venv/bin/python"));
+    candidates.push("python3".into());
+    let probe = modules
+        .iter()
+        .map(|m| format!("import {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    for c in &candidates {
+        let ok = std::process::Command::new(c)
+            .args(["-c", &probe])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(c.clone());
+        }
+    }
+    Err(format!(
+        "no Python with {} found (tried $AGORA_BENCH_PYTHON, target/bench-venv, target/ci-venv, \
+         python3); run `bash bench/venv.sh` in the checkout to install the baselines",
+        modules.join(", ")
+    ))
+}
+
+/// Runs the Python `script` (its source) with `python` and `args`, `timeout` at most, and
+/// parses the last line it prints as JSON. The error carries the tail of its stderr.
+pub(crate) fn run_python(
+    python: &std::path::Path,
+    script: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Result<Value, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
+    let path = dir.path().join("baseline.py");
+    std::fs::write(&path, script).map_err(|e| format!("cannot write the script: {e}"))?;
+    // Output goes to files, not pipes: a baseline's own helper processes (Ray starts several)
+    // may outlive it holding a pipe open, and a full pipe cannot block it.
+    let file = |name: &str| {
+        std::fs::File::create(dir.path().join(name))
+            .map_err(|e| format!("cannot create {name}: {e}"))
+    };
+    let mut child = std::process::Command::new(python)
+        .arg(&path)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(file("stdout")?)
+        .stderr(file("stderr")?)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", python.display()))?;
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("the baseline did not finish within {timeout:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("waiting for the baseline: {e}")),
+        }
+    };
+    let out = std::fs::read_to_string(dir.path().join("stdout")).unwrap_or_default();
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    if !status.success() {
+        let tail: Vec<&str> = err.lines().rev().take(8).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "the baseline failed ({status}): {}",
+            tail.join("\n")
+        ));
+    }
+    let last = out
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    serde_json::from_str(last).map_err(|e| format!("the baseline printed no JSON ({e}): {last:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,6 +130,20 @@ async fn every_bench_reports_its_fields() {
         assert!(number(&r, p) > 0.0, "{r:#}");
     }
     assert_eq!(r["sustained"]["failed"], 0, "{r:#}");
+    // Ray ran beside it, or the report says why not (no Python with ray on this machine).
+    let ray = &r["baseline"]["ray"];
+    assert!(
+        ray["sync"]["p50_us"].as_f64().is_some_and(|x| x > 0.0)
+            || ray["skipped"]
+                .as_str()
+                .is_some_and(|s| s.contains("bench/venv.sh") || s.contains("baseline")),
+        "{r:#}"
+    );
+    assert_eq!(
+        r["ratios"]["r1_p50_over_ray_sync_p50"].is_number(),
+        ray["sync"]["p50_us"].is_number(),
+        "a ratio exactly when Ray ran: {r:#}"
+    );
 
     // Every listed bench was covered, and unknown names are refused.
     assert_eq!(
