@@ -17,7 +17,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-examples=(primes mandelbrot sha256chain)
+examples=(primes mandelbrot sha256chain train)
 CLANG="${CLANG:-clang}"
 CC_NATIVE="${CC_NATIVE:-gcc}"
 native_dir="$root/target/examples-native"

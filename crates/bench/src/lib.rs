@@ -16,6 +16,7 @@
 //! | `scale` | resident memory (VmRSS) per idle `agora_net` node with 100, 300 and 1000 nodes in the process, idle for 30 s | none: an absolute budget | <= 20 MB per node |
 //! | `ledger` | 4 in-process `agora_chain` validators (Malachite) over the ledger: finalized transfers per second and commit latency (p50, p99) under an offered load | the pure state machine (`Ledger::apply_block`, one thread) and signature verification alone | >= 5,000 tx/s finalized |
 //! | `dispatch` | `N` in-process nodes (20): submit -> verified latency of a trivial job at r=1 and r=3 (p50, p99), and jobs/s sustained | Ray running the same trivial task (sync p50, tasks/s; `bash bench/venv.sh`), and the Ed25519 verification rate (the crypto ceiling) | r=1 p50 <= 2x Ray's, r=3 <= 3x, jobs/s >= Ray's, >= 50% of the ceiling |
+//! | `train` | federated training of `examples/train` (8 trainers, real wasm step, 5 re-executions per proposal, FedAvg): held-out accuracy per round, mean round time; also with 2 Byzantine trainers | Flower FedAvg on the same shards with a numpy softmax regression (`flwr`) | final accuracy within 1 point of Flower's |
 //!
 //! [`Opts::smoke`] shrinks every size so that the whole set runs in seconds (CI checks the
 //! shape of the JSON, never the timings). Each benchmark is one module with a
@@ -28,12 +29,15 @@ mod gossip;
 mod ledger;
 mod rr;
 mod scale;
+mod train;
 mod util;
 
 use serde_json::Value;
 
 /// The benchmarks [`run`] knows, in the order `agora bench` lists them.
-pub const BENCHES: &[&str] = &["rr", "gossip", "exec", "scale", "ledger", "dispatch"];
+pub const BENCHES: &[&str] = &[
+    "rr", "gossip", "exec", "scale", "ledger", "dispatch", "train",
+];
 
 /// Options of a benchmark run. Fields a benchmark does not use are ignored; `None` means that
 /// benchmark's default size. Build it as `Opts { smoke: true, ..Opts::default() }`.
@@ -64,6 +68,7 @@ pub async fn run(name: &str, opts: &Opts) -> anyhow::Result<Value> {
         "scale" => scale::run(opts).await,
         "ledger" => ledger::run(opts).await,
         "dispatch" => dispatch::run(opts).await,
+        "train" => train::run(opts).await,
         other => anyhow::bail!(
             "unknown benchmark `{other}`; the benchmarks are: {}",
             BENCHES.join(", ")

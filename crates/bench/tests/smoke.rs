@@ -145,10 +145,26 @@ async fn every_bench_reports_its_fields() {
         "a ratio exactly when Ray ran: {r:#}"
     );
 
+    let r = smoke("train").await;
+    goal(&r);
+    assert_eq!(r["rounds"], 2, "{r:#}");
+    assert!(number(&r, &["accuracy"]) > 50.0, "{r:#}");
+    assert_eq!(r["byzantine"]["honest_slashed"], 0, "{r:#}");
+    assert_eq!(
+        r["byzantine"]["rejected_byzantine_updates"], r["byzantine"]["byzantine_proposals"],
+        "{r:#}"
+    );
+    assert!(
+        r["flower"]["accuracy"].is_array() || r["flower"]["skipped"].is_string(),
+        "Flower ran or the report says why not: {r:#}"
+    );
+
     // Every listed bench was covered, and unknown names are refused.
     assert_eq!(
         BENCHES,
-        &["rr", "gossip", "exec", "scale", "ledger", "dispatch"]
+        &[
+            "rr", "gossip", "exec", "scale", "ledger", "dispatch", "train"
+        ]
     );
     assert!(run("nope", &Opts::default()).await.is_err());
     eprintln!("smoke run took {:?}", started.elapsed());

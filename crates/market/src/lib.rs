@@ -56,7 +56,7 @@
 //! - [`quorum`]: verdict tallies.
 //! - [`job`]: the per-job record.
 //! - [`market`]: the submitter's state machine.
-//! - [`worker`]: the worker's bid policy and lease book.
+//! - [`worker`]: the worker's state machine: bid policy, lease book, heartbeats, expiry.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![warn(missing_docs)]
 
@@ -79,4 +79,4 @@ pub use market::{Input, Market, Output};
 pub use quorum::Tally;
 pub use reputation::{Reputation, ReputationAction};
 pub use select::{BidInfo, select};
-pub use worker::{Leases, NoBid, Offer, Refusal, bid_for};
+pub use worker::{NoBid, Offer, Worker, bid_for};

@@ -934,6 +934,10 @@ pub struct Market {
     /// key: when a worker frees a slot the first of them are offered it.
     queue: BTreeSet<QueueKey>,
     queued: BTreeMap<JobId, QueueKey>,
+    /// Every unfinished job's next deadline ([`JobRecord::next_deadline`]), in time order, and
+    /// each one's entry: [`Market::next_deadline`] and [`Input::Tick`] never scan all jobs.
+    deadlines: BTreeSet<(UnixMillis, JobId)>,
+    deadline_of: BTreeMap<JobId, (UnixMillis, JobId)>,
 }
 
 /// How many queued jobs are tried when a worker frees a slot.
@@ -953,6 +957,8 @@ impl Market {
             load: BTreeMap::new(),
             queue: BTreeSet::new(),
             queued: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            deadline_of: BTreeMap::new(),
         }
     }
 
@@ -973,6 +979,15 @@ impl Market {
         if freed {
             self.kick(now, &mut fx);
         }
+        #[cfg(test)]
+        assert_eq!(
+            self.next_deadline(),
+            self.jobs
+                .values()
+                .filter_map(JobRecord::next_deadline)
+                .min(),
+            "the deadline index matches the records"
+        );
         fx.finish()
     }
 
@@ -1117,10 +1132,10 @@ impl Market {
             Input::Tick => {
                 self.index.expire(now);
                 let due: Vec<JobId> = self
-                    .jobs
-                    .values()
-                    .filter(|r| r.next_deadline().is_some_and(|d| d <= now))
-                    .map(|r| r.id)
+                    .deadlines
+                    .iter()
+                    .take_while(|(d, _)| *d <= now)
+                    .map(|(_, id)| *id)
                     .collect();
                 for id in due {
                     freed |= self.with_job_freed(&id, now, fx, |ctx, rec| ctx.tick(rec));
@@ -1168,8 +1183,10 @@ impl Market {
         let r = f(&mut ctx, rec);
         let after: Vec<PeerId> = rec.active_leases().map(|l| l.worker).collect();
         let key = queue_key(rec);
+        let deadline = deadline_key(rec);
         track_load(&mut self.load, &before, &after, now);
         track_queue(&mut self.queue, &mut self.queued, *id, key);
+        track_queue(&mut self.deadlines, &mut self.deadline_of, *id, deadline);
         Some(r)
     }
 
@@ -1189,6 +1206,7 @@ impl Market {
             Some(id) => {
                 self.jobs.remove(&id);
                 track_queue(&mut self.queue, &mut self.queued, id, None);
+                track_queue(&mut self.deadlines, &mut self.deadline_of, id, None);
                 fx.changed.insert(id);
                 true
             }
@@ -1236,6 +1254,12 @@ impl Market {
             ctx.announce(&mut rec);
         }
         track_queue(&mut self.queue, &mut self.queued, id, queue_key(&rec));
+        track_queue(
+            &mut self.deadlines,
+            &mut self.deadline_of,
+            id,
+            deadline_key(&rec),
+        );
         self.jobs.insert(id, rec);
     }
 
@@ -1293,6 +1317,8 @@ impl Market {
             let active: Vec<PeerId> = rec.active_leases().map(|l| l.worker).collect();
             track_load(&mut self.load, &[], &active, now);
             track_queue(&mut self.queue, &mut self.queued, rec.id, queue_key(&rec));
+            let deadline = deadline_key(&rec);
+            track_queue(&mut self.deadlines, &mut self.deadline_of, rec.id, deadline);
             self.jobs.insert(rec.id, rec);
         }
         fx.finish()
@@ -1325,10 +1351,7 @@ impl Market {
 
     /// The earliest pending timer of any job: send [`Input::Tick`] then.
     pub fn next_deadline(&self) -> Option<UnixMillis> {
-        self.jobs
-            .values()
-            .filter_map(JobRecord::next_deadline)
-            .min()
+        self.deadlines.first().map(|(d, _)| *d)
     }
 }
 
@@ -1362,11 +1385,17 @@ fn track_load(
     }
 }
 
-fn track_queue(
-    queue: &mut BTreeSet<QueueKey>,
-    queued: &mut BTreeMap<JobId, QueueKey>,
+/// A job's entry in [`Market::deadlines`].
+fn deadline_key(rec: &JobRecord) -> Option<(UnixMillis, JobId)> {
+    rec.next_deadline().map(|d| (d, rec.id))
+}
+
+/// Moves `id`'s entry in an ordered index (`queue`, with each id's entry in `queued`) to `key`.
+fn track_queue<K: Ord + Copy>(
+    queue: &mut BTreeSet<K>,
+    queued: &mut BTreeMap<JobId, K>,
     id: JobId,
-    key: Option<QueueKey>,
+    key: Option<K>,
 ) {
     if queued.get(&id) == key.as_ref() {
         return;

@@ -1,17 +1,19 @@
 //! A deterministic simulation of a small Agora network: ten nodes, each running a [`Market`] as
-//! submitter and the worker policy as worker, exchanging messages through an in-memory event
-//! queue with simulated latency and execution times. No threads, sockets or clocks: the same seed
-//! gives the same run.
+//! submitter and a [`Worker`] as worker (the same state machines the node runs), exchanging
+//! messages through an in-memory event queue with simulated latency and execution times. No
+//! threads, sockets or clocks: the same seed gives the same run.
 //!
-//! Workers behave as the node's: a lease book of four leases per executor slot (accepted leases
-//! queue for a slot), `Busy` when it is full, a heartbeat per interval while a lease is held.
+//! Only the sandbox is simulated: each node has a few executor slots, and accepted leases wait
+//! for one in order (as in `exec::Pool`). Everything else a worker decides (bids, a lease book of
+//! four leases per executor slot, `Busy` when it is full, heartbeats, expiry, whether a result
+//! goes out) is the shipped [`Worker`]'s, fired by its own timers.
 //! The load scenarios slow every execution down (a CPU hog, in simulated time), submit all jobs
 //! at once and crash a worker, and check that load only makes jobs slower, never failed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 
-use agora_market::worker::{Leases, Offer, Refusal, bid_for};
+use agora_market::worker::{self, Answer, Beat, Offer, Settings, Timer, Worker};
 use agora_market::{Config, Input, JobState, Market, Output};
 use agora_types::job::{
     Bid, CapabilityAd, JobId, JobLimits, JobSpec, Lease, Outcome, SignedJob, WorkResult, job_id,
@@ -29,7 +31,7 @@ const TIME_LIMIT_MS: u64 = 600_000;
 /// What travels between nodes (or from a node to itself, for finished executions).
 #[derive(Clone, Debug)]
 enum Msg {
-    Announce(SignedJob),
+    Announce(SignedJob, u32),
     Ad(CapabilityAd),
     Reputation {
         subject: PeerId,
@@ -41,24 +43,22 @@ enum Msg {
     LeaseRefused(JobId, String),
     LeaseBusy(JobId),
     Heartbeat(JobId),
-    Extended(JobId, UnixMillis),
+    /// The submitter's answer to a heartbeat: whether it extended the lease.
+    HeartbeatAnswer(JobId, bool),
     Result(WorkResult),
+    /// The submitter withdraws a lease.
     Cancel(JobId),
-    ExecDone {
-        job: JobId,
-        submitter: usize,
-    },
-    /// A worker's heartbeat timer for a lease.
-    Beat {
-        job: JobId,
-        submitter: usize,
-    },
+    /// The worker gives a lease back.
+    GiveBack(JobId),
+    /// A simulated execution ended (from a node to itself).
+    ExecDone(JobId),
 }
 
 #[derive(Clone, Debug)]
 enum Event {
     Deliver { from: usize, to: usize, msg: Msg },
     Tick(usize),
+    WorkerTimer(usize, Timer),
     Submit(usize, SignedJob),
     Advertise(usize),
 }
@@ -67,14 +67,12 @@ struct Node {
     key: Keypair,
     peer: PeerId,
     market: Market,
-    offer: Offer,
-    leases: Leases,
+    worker: Worker,
     /// Executor slots: leases beyond them wait in `queue`.
     slots: usize,
-    running: usize,
-    queue: std::collections::VecDeque<(JobId, usize)>,
+    running: BTreeSet<JobId>,
+    queue: VecDeque<JobId>,
     byzantine: bool,
-    ad_seq: u64,
     tick_at: Option<UnixMillis>,
 }
 
@@ -167,22 +165,23 @@ impl Sim {
             let key = Keypair::ed25519_from_bytes([i as u8 + 1; 32]).expect("key");
             let peer = key.public().to_peer_id();
             by_peer.insert(peer, i);
+            let offer = Offer {
+                capabilities: vec!["wasm".into()],
+                price: 10 + (i as u64 % 5),
+                memory_bytes: 1 << 30,
+                max_wall_time_ms: 60_000,
+            };
+            let slots = 2 + i % 3;
+            let settings = Settings::new(offer, 4 * slots, &Config::local());
             nodes.push(Node {
                 market: Market::new(Config::local(), peer),
+                worker: Worker::new(peer, settings),
                 key,
                 peer,
-                offer: Offer {
-                    capabilities: vec!["wasm".into()],
-                    price: 10 + (i as u64 % 5),
-                    memory_bytes: 1 << 30,
-                    max_wall_time_ms: 60_000,
-                },
-                leases: Leases::new(4 * (2 + i % 3)),
-                slots: 2 + i % 3,
-                running: 0,
-                queue: Default::default(),
+                slots,
+                running: BTreeSet::new(),
+                queue: VecDeque::new(),
                 byzantine: byzantine.contains(&i),
-                ad_seq: 0,
                 tick_at: None,
             });
         }
@@ -293,7 +292,7 @@ impl Sim {
                 *out.entry(l.worker).or_default() += 1;
             }
             for (w, n) in out {
-                let cap = self.nodes[self.by_peer[&w]].leases.capacity();
+                let cap = self.nodes[self.by_peer[&w]].worker.total_slots() as usize;
                 assert!(n <= cap, "{n} leases out on a worker of {cap} slots");
                 if n > self.max_out.0 {
                     self.max_out = (n, cap);
@@ -303,7 +302,10 @@ impl Sim {
     }
 
     fn step(&mut self, event: Event) {
-        if let Event::Deliver { to, .. } | Event::Tick(to) | Event::Advertise(to) = &event
+        if let Event::Deliver { to, .. }
+        | Event::Tick(to)
+        | Event::WorkerTimer(to, _)
+        | Event::Advertise(to) = &event
             && self.crashed(*to)
         {
             return;
@@ -316,20 +318,9 @@ impl Sim {
                 }
                 self.market(n, Input::Tick);
             }
+            Event::WorkerTimer(n, timer) => self.worker(n, worker::Input::Timer(timer)),
             Event::Advertise(n) => {
-                let node = &mut self.nodes[n];
-                node.ad_seq += 1;
-                let ad = CapabilityAd {
-                    engine: "sim".into(),
-                    capabilities: node.offer.capabilities.clone(),
-                    cores: 4,
-                    memory_bytes: node.offer.memory_bytes,
-                    free_slots: node.leases.free_slots(),
-                    total_slots: node.leases.capacity() as u32,
-                    price: node.offer.price,
-                    version: "sim".into(),
-                    seq: node.ad_seq,
-                };
+                let ad = self.nodes[n].worker.capability_ad("sim", 4, "sim");
                 self.broadcast(n, Msg::Ad(ad));
                 if self.finished < JOBS {
                     self.push(self.now + AD_PERIOD_MS, Event::Advertise(n));
@@ -389,34 +380,34 @@ impl Sim {
                     worker: from_peer,
                 },
             ),
-            Msg::Heartbeat(job_id) => self.market(
+            Msg::Heartbeat(job_id) => {
+                let outs = self.market_outs(
+                    to,
+                    Input::Heartbeat {
+                        job_id,
+                        worker: from_peer,
+                    },
+                );
+                let extended = outs.iter().any(
+                    |o| matches!(o, Output::LeaseExtended { worker, .. } if *worker == from_peer),
+                );
+                self.send(to, from, Msg::HeartbeatAnswer(job_id, extended));
+            }
+            Msg::HeartbeatAnswer(job_id, extended) => {
+                let answer = if extended {
+                    Beat::Extended
+                } else {
+                    Beat::Refused("no active lease".into())
+                };
+                self.worker(to, worker::Input::HeartbeatAnswered { job_id, answer });
+            }
+            Msg::GiveBack(job_id) => self.market(
                 to,
-                Input::Heartbeat {
+                Input::LeaseBusy {
                     job_id,
                     worker: from_peer,
                 },
             ),
-            Msg::Extended(job, until) => {
-                // The worker keeps the lease as long as the submitter says.
-                let node = &mut self.nodes[to];
-                node.leases.extend(&job, until);
-            }
-            Msg::Beat { job, submitter } => {
-                let node = &mut self.nodes[to];
-                node.leases.expire(self.now);
-                if node.leases.contains(&job) {
-                    self.send(to, submitter, Msg::Heartbeat(job));
-                    let at = self.now + Config::local().heartbeat_ms;
-                    self.push(
-                        at,
-                        Event::Deliver {
-                            from: to,
-                            to,
-                            msg: Msg::Beat { job, submitter },
-                        },
-                    );
-                }
-            }
             Msg::Result(result) => self.market(
                 to,
                 Input::Result {
@@ -427,81 +418,116 @@ impl Sim {
                 },
             ),
             // Worker side.
-            Msg::Announce(job) => {
-                let id = job_id(&job);
-                let node = &self.nodes[to];
-                let free = node.leases.free_slots();
-                let total = node.leases.capacity() as u32;
-                if let Ok(bid) = bid_for(&job.payload, id, &node.offer, free, total) {
-                    self.send(to, from, Msg::Bid(bid));
+            Msg::Announce(job, attempt) => self.worker(
+                to,
+                worker::Input::Announce {
+                    job,
+                    attempt,
+                    standing: None,
+                },
+            ),
+            Msg::Lease(lease) => self.worker(
+                to,
+                worker::Input::Lease {
+                    from: from_peer,
+                    lease,
+                },
+            ),
+            Msg::Cancel(job_id) => self.worker(
+                to,
+                worker::Input::Withdrawn {
+                    from: from_peer,
+                    job_id,
+                },
+            ),
+            Msg::ExecDone(job) => {
+                if self.nodes[to].running.remove(&job) {
+                    self.start_queued(to);
+                    self.worker(to, worker::Input::Executed(job));
                 }
             }
-            Msg::Lease(lease) => {
-                let id = job_id(&lease.job);
-                self.nodes[to].leases.expire(self.now);
-                match self.nodes[to].leases.accept(id, lease.expires_ms) {
-                    Ok(()) => {
-                        self.send(to, from, Msg::LeaseAccepted(id));
-                        let at = self.now + Config::local().heartbeat_ms;
-                        self.push(
-                            at,
-                            Event::Deliver {
-                                from: to,
-                                to,
-                                msg: Msg::Beat {
-                                    job: id,
-                                    submitter: from,
-                                },
-                            },
-                        );
-                        self.nodes[to].queue.push_back((id, from));
-                        self.start_queued(to);
+        }
+    }
+
+    /// Feeds `input` to node `n`'s worker and carries out what it asks.
+    fn worker(&mut self, n: usize, input: worker::Input) {
+        let outs = self.nodes[n].worker.handle(input, self.now);
+        for out in outs {
+            match out {
+                worker::Output::SendBid { submitter, bid } => {
+                    let to = self.by_peer[&submitter];
+                    self.send(n, to, Msg::Bid(bid));
+                }
+                worker::Output::Declined { .. } => {}
+                worker::Output::Answer {
+                    job_id,
+                    submitter,
+                    answer,
+                } => {
+                    let to = self.by_peer[&submitter];
+                    let msg = match answer {
+                        Answer::Accepted => Msg::LeaseAccepted(job_id),
+                        Answer::Busy => Msg::LeaseBusy(job_id),
+                        Answer::Refused(why) => Msg::LeaseRefused(job_id, why),
+                    };
+                    self.send(n, to, msg);
+                }
+                worker::Output::Start { job_id, .. } => {
+                    self.nodes[n].queue.push_back(job_id);
+                    self.start_queued(n);
+                }
+                worker::Output::SendHeartbeat { submitter, job_id } => {
+                    let to = self.by_peer[&submitter];
+                    self.send(n, to, Msg::Heartbeat(job_id));
+                }
+                worker::Output::Stop { job_id, .. } => {
+                    // The run is aborted: its executor slot is free at once.
+                    if self.nodes[n].running.remove(&job_id) {
+                        self.start_queued(n);
                     }
-                    Err(Refusal::Full { .. }) => self.send(to, from, Msg::LeaseBusy(id)),
-                    Err(e) => self.send(to, from, Msg::LeaseRefused(id, e.to_string())),
                 }
-            }
-            Msg::Cancel(id) => {
-                self.nodes[to].leases.cancel(&id);
-            }
-            Msg::ExecDone { job, submitter } => {
-                let node = &mut self.nodes[to];
-                node.running -= 1;
-                self.start_queued(to);
-                let node = &mut self.nodes[to];
-                node.leases.expire(self.now);
-                if !node.leases.finish(&job) {
-                    return; // cancelled or expired meanwhile
+                worker::Output::SendResult {
+                    submitter, job_id, ..
+                } => {
+                    let node = &self.nodes[n];
+                    let output_hash = if node.byzantine {
+                        Hash::of(&[job_id.as_bytes().as_slice(), &node.peer.to_bytes()].concat())
+                    } else {
+                        correct_output(&job_id)
+                    };
+                    let result = WorkResult {
+                        job_id,
+                        outcome: Outcome::Completed {
+                            exit_code: 0,
+                            output_hash,
+                            fuel_used: 1_000,
+                        },
+                        price: 0,
+                    };
+                    let to = self.by_peer[&submitter];
+                    self.send(n, to, Msg::Result(result));
                 }
-                let output_hash = if node.byzantine {
-                    Hash::of(&[job.as_bytes().as_slice(), &node.peer.to_bytes()].concat())
-                } else {
-                    correct_output(&job)
-                };
-                let result = WorkResult {
-                    job_id: job,
-                    outcome: Outcome::Completed {
-                        exit_code: 0,
-                        output_hash,
-                        fuel_used: 1_000,
-                    },
-                    price: 0,
-                };
-                self.send(to, submitter, Msg::Result(result));
+                worker::Output::GiveBack { submitter, job_id } => {
+                    let to = self.by_peer[&submitter];
+                    self.send(n, to, Msg::GiveBack(job_id));
+                }
+                worker::Output::SetTimer { at, timer } => {
+                    self.push(at.max(self.now), Event::WorkerTimer(n, timer));
+                }
             }
         }
     }
 
     /// Starts queued leases on node `n`'s free executor slots.
     fn start_queued(&mut self, n: usize) {
-        while self.nodes[n].running < self.nodes[n].slots {
-            let Some((job, submitter)) = self.nodes[n].queue.pop_front() else {
+        while self.nodes[n].running.len() < self.nodes[n].slots {
+            let Some(job) = self.nodes[n].queue.pop_front() else {
                 return;
             };
-            if !self.nodes[n].leases.contains(&job) {
-                continue; // cancelled or expired while queued
+            if !self.nodes[n].worker.holds(&job) {
+                continue; // withdrawn or expired while queued
             }
-            self.nodes[n].running += 1;
+            self.nodes[n].running.insert(job);
             let run_ms = self.rng.gen_range(20..300) * self.load.slowdown;
             let at = self.now + run_ms;
             self.push(
@@ -509,7 +535,7 @@ impl Sim {
                 Event::Deliver {
                     from: n,
                     to: n,
-                    msg: Msg::ExecDone { job, submitter },
+                    msg: Msg::ExecDone(job),
                 },
             );
         }
@@ -517,10 +543,21 @@ impl Sim {
 
     /// Feeds `input` to node `n`'s market and carries out what it asks.
     fn market(&mut self, n: usize, input: Input) {
+        self.market_outs(n, input);
+    }
+
+    /// [`Sim::market`], returning the market's outputs too.
+    fn market_outs(&mut self, n: usize, input: Input) -> Vec<Output> {
         let outs = self.nodes[n].market.handle(input, self.now);
-        for out in outs {
+        for out in outs.clone() {
             match out {
-                Output::Announce(job) => self.broadcast(n, Msg::Announce(job)),
+                Output::Announce(job) => {
+                    let attempt = self.nodes[n]
+                        .market
+                        .job(&job_id(&job))
+                        .map_or(1, |r| r.announce_attempts.max(1));
+                    self.broadcast(n, Msg::Announce(job, attempt));
+                }
                 Output::SendLease { worker, lease } => {
                     let to = self.by_peer[&worker];
                     self.send(n, to, Msg::Lease(lease));
@@ -538,15 +575,8 @@ impl Sim {
                         delta,
                     },
                 ),
-                Output::LeaseExtended {
-                    job_id,
-                    worker,
-                    expires_ms,
-                } => {
-                    let to = self.by_peer[&worker];
-                    self.send(n, to, Msg::Extended(job_id, expires_ms));
-                }
-                Output::Persist(_) => {}
+                // Answered by the heartbeat's sender (`Msg::HeartbeatAnswer`).
+                Output::LeaseExtended { .. } | Output::Persist(_) => {}
             }
         }
         if let Some(d) = self.nodes[n].market.next_deadline()
@@ -556,6 +586,7 @@ impl Sim {
             let at = d.max(self.now);
             self.push(at, Event::Tick(n));
         }
+        outs
     }
 
     fn summarize(&self, ids: &[(usize, JobId)]) -> Summary {

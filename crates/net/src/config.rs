@@ -23,11 +23,31 @@ pub struct Config {
     pub static_peers: Vec<Multiaddr>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
-    /// How often to run a Kademlia bootstrap (a random walk that refreshes the routing table).
+    /// The slowest cadence of Kademlia walks (random walks that refresh the routing table).
+    /// Walks run only while the node has fewer than [`Config::target_peers`] peers, every
+    /// [`Config::walk_interval`] at first, doubling up to this while they find nothing new.
     pub kad_bootstrap_interval: Duration,
-    /// Dial newly discovered peers while fewer than this many are connected.
+    /// The degree the connection manager holds the node at (`T`): it dials while it has fewer
+    /// peers, walks the DHT only then, and refuses dials nobody asked for at or above it.
     pub target_peers: usize,
-    /// The most established connections in all.
+    /// Peers kept above the target before pruning starts (`S`); `None`: `max(2, T / 4)`.
+    pub peer_slack: Option<usize>,
+    /// Further inbound peers accepted above `T + S` (`E`), so that a newcomer finds room when
+    /// every node is full; pruning brings the node back to `T + S`. `None`: `max(2, T / 4)`.
+    pub inbound_excess: Option<usize>,
+    /// Dials of the connection manager in flight at most.
+    pub max_concurrent_dials: usize,
+    /// How often the connection manager prunes peers above `T + S`.
+    pub prune_interval: Duration,
+    /// A pruned peer is neither dialed nor accepted for this long.
+    pub prune_backoff: Duration,
+    /// The first (fastest) cadence of Kademlia walks below target.
+    pub walk_interval: Duration,
+    /// With no peer at all for this long, the node re-bootstraps: bootstrap peers are dialed
+    /// again and every backoff is forgiven.
+    pub isolation_grace: Duration,
+    /// The most established connections in all: a hard ceiling, which must leave room for
+    /// `T + S + E` (checked by [`Config::validate`]).
     pub max_connections: u32,
     /// The most established connections to one peer.
     pub max_connections_per_peer: u32,
@@ -101,6 +121,33 @@ pub struct Config {
     pub command_queue: usize,
 }
 
+/// A [`Config`] that cannot work, with how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The connection ceiling leaves no room for the target degree and its margins.
+    #[error(
+        "max_connections = {max} is below target_peers + peer_slack + inbound_excess = \
+         {target} + {slack} + {excess} = {need}; raise max_connections to at least {need} or \
+         lower target_peers"
+    )]
+    NoRoom {
+        /// `max_connections`.
+        max: u32,
+        /// `target_peers`.
+        target: usize,
+        /// The slack in force.
+        slack: usize,
+        /// The inbound excess in force.
+        excess: usize,
+        /// Their sum.
+        need: usize,
+    },
+    /// A node that wants no peer at all.
+    #[error("target_peers = 0: a node needs at least one peer; set target_peers to 1 or more")]
+    NoTarget,
+}
+
 /// Who may connect to the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Authorization {
@@ -128,6 +175,54 @@ impl Rate {
 }
 
 impl Config {
+    /// `S`: [`Config::peer_slack`], or `max(2, T / 4)`.
+    pub fn slack(&self) -> usize {
+        self.peer_slack.unwrap_or((self.target_peers / 4).max(2))
+    }
+
+    /// `E`: [`Config::inbound_excess`], or `max(2, T / 4)`.
+    pub fn excess(&self) -> usize {
+        self.inbound_excess
+            .unwrap_or((self.target_peers / 4).max(2))
+    }
+
+    /// Checks the numbers that must agree: `T >= 1` and `T + S + E <= max_connections`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.target_peers == 0 {
+            return Err(ConfigError::NoTarget);
+        }
+        let (target, slack, excess) = (self.target_peers, self.slack(), self.excess());
+        let need = target.saturating_add(slack).saturating_add(excess);
+        if need > self.max_connections as usize {
+            return Err(ConfigError::NoRoom {
+                max: self.max_connections,
+                target,
+                slack,
+                excess,
+                need,
+            });
+        }
+        Ok(())
+    }
+
+    /// After `max_connections` was lowered (to fit the open-file limit): shrinks the inbound
+    /// excess, then the slack, then the target, until `T + S + E` fits again. Returns whether
+    /// anything changed.
+    pub fn fit_band(&mut self) -> bool {
+        let max = self.max_connections as usize;
+        let (t, s, e) = (self.target_peers, self.slack(), self.excess());
+        if t + s + e <= max {
+            return false;
+        }
+        let target = t.min(max).max(1);
+        let slack = s.min(max.saturating_sub(target));
+        let excess = e.min(max.saturating_sub(target + slack));
+        self.target_peers = target;
+        self.peer_slack = Some(slack);
+        self.inbound_excess = Some(excess);
+        true
+    }
+
     /// A node for a devnet on this machine: loopback, ephemeral ports, fast timers.
     pub fn local() -> Self {
         Config {
@@ -142,10 +237,19 @@ impl Config {
             mdns: false,
             kad_bootstrap_interval: Duration::from_secs(5),
             target_peers: 32,
+            peer_slack: None,
+            inbound_excess: None,
+            max_concurrent_dials: 4,
+            prune_interval: Duration::from_secs(10),
+            prune_backoff: Duration::from_secs(60),
+            walk_interval: Duration::from_secs(1),
+            isolation_grace: Duration::from_secs(3),
             max_connections: 256,
             max_connections_per_peer: 2,
             max_pending_incoming: 64,
-            idle_timeout: Duration::from_secs(120),
+            // Kept peers are held open by the gate's keep-alive; this only closes connections
+            // opened for one request or one DHT query.
+            idle_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_frame_bytes: limits::MAX_FRAME_BYTES,
             gossip_heartbeat: Duration::from_millis(200),
@@ -187,7 +291,9 @@ impl Config {
             target_peers: 50,
             max_connections: 512,
             max_pending_incoming: 128,
-            idle_timeout: Duration::from_secs(300),
+            prune_interval: Duration::from_secs(30),
+            walk_interval: Duration::from_secs(10),
+            isolation_grace: Duration::from_secs(10),
             gossip_heartbeat: Duration::from_secs(1),
             redial_backoff: Duration::from_secs(1),
             max_redial_backoff: Duration::from_secs(60),
@@ -198,5 +304,64 @@ impl Config {
             max_peers_per_subnet_per_bucket: Some(2),
             ..Config::local()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_derive_slack_from_the_target() {
+        for c in [Config::local(), Config::production()] {
+            c.validate().unwrap();
+        }
+        let mut c = Config::local();
+        c.target_peers = 4;
+        assert_eq!((c.slack(), c.excess()), (2, 2));
+        c.target_peers = 50;
+        assert_eq!((c.slack(), c.excess()), (12, 12));
+        c.peer_slack = Some(1);
+        c.inbound_excess = Some(0);
+        assert_eq!((c.slack(), c.excess()), (1, 0));
+    }
+
+    #[test]
+    fn a_ceiling_below_the_band_is_refused_with_the_numbers() {
+        let mut c = Config::local();
+        c.target_peers = 32;
+        c.max_connections = 40;
+        let e = c.validate().unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::NoRoom {
+                max: 40,
+                target: 32,
+                slack: 8,
+                excess: 8,
+                need: 48
+            }
+        );
+        let text = e.to_string();
+        assert!(text.contains("32 + 8 + 8 = 48"), "{text}");
+        assert!(
+            text.contains("raise max_connections to at least 48"),
+            "{text}"
+        );
+        c.target_peers = 0;
+        assert_eq!(c.validate(), Err(ConfigError::NoTarget));
+    }
+
+    #[test]
+    fn fit_band_shrinks_excess_then_slack_then_target() {
+        let mut c = Config::local();
+        assert!(!c.fit_band());
+        c.max_connections = 44;
+        assert!(c.fit_band());
+        assert_eq!((c.target_peers, c.slack(), c.excess()), (32, 8, 4));
+        c.max_connections = 20;
+        c.fit_band();
+        assert_eq!((c.target_peers, c.slack(), c.excess()), (20, 0, 0));
+        c.validate().unwrap();
     }
 }

@@ -246,7 +246,9 @@ mod tests {
         for _ in 0..300 {
             let port = free_loopback_port(PortKind::Tcp).unwrap();
             assert!(seen.insert(port), "port {port} handed out twice");
-            let marker = std::env::temp_dir().join("agora-ports").join(port.to_string());
+            let marker = std::env::temp_dir()
+                .join("agora-ports")
+                .join(port.to_string());
             assert!(marker.exists(), "no reservation marker for {port}");
             // Another process would skip it: the marker is fresh.
             assert!(!reserve(port));

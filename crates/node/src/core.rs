@@ -5,22 +5,29 @@
 //! to a peer, a blob fetch, a sandbox run, a disk write) is spawned off the loop and reports back
 //! through the bounded internal queue, so the loop itself never blocks.
 //!
-//! As a worker, the node bids on announced jobs its offer covers ([`agora_market::bid_for`]),
-//! accepts leases only from the job's own signer, fetches the blobs, runs the module in the
-//! executor pool and returns a signed result. A node never works on its own jobs.
+//! As a worker, the node feeds the [`Worker`] machine (bids, lease book, heartbeats, expiry) and
+//! carries out its [`worker::Output`]s: it fetches the blobs, runs the module in the executor
+//! pool and returns a signed result. A node never works on its own jobs.
+//!
+//! No polling: the machines' deadlines (the market's [`Market::next_deadline`], the worker's
+//! [`worker::Output::SetTimer`]s, kept in a timer heap) decide when the loop wakes. Every task
+//! the loop starts goes into a capped [`Tasks`] set that is aborted on shutdown.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agora_exec::{ExecError, Limits as ExecLimits, Pool};
 use agora_ledger::Event;
-use agora_market::{Input, JobRecord, Market, Offer, Output, bid_for};
+use agora_market::worker::{self, Beat, Standing, Timer, Worker};
+use agora_market::{Input, JobRecord, Market, Output};
 use agora_net::{NetEvent, NetHandle, PeerId, PeerInfo};
 use agora_types::job::{
-    CapabilityAd, Health, Heartbeat, JobId, Lease, MAX_STDERR_BYTES, Outcome, ReputationUpdate,
-    ResultNotice, SignedJob, WorkResult, job_id,
+    Health, Heartbeat, JobId, Lease, MAX_STDERR_BYTES, Outcome, ReputationUpdate, ResultNotice,
+    SignedJob, WorkResult, job_id,
 };
 use agora_types::ledger::{AccountId, TxKind};
 use agora_types::sign::{Domain, Signed};
@@ -28,7 +35,7 @@ use agora_types::wire::{GossipMessage, Request, Response, limits};
 use agora_types::{Hash, Keypair, UnixMillis, now_ms};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::blobs;
@@ -75,9 +82,15 @@ pub(crate) enum Internal {
         stderr: Vec<u8>,
         ack: oneshot::Sender<Response>,
     },
-    WorkDone(JobId),
-    /// As a worker: the submitter answered a heartbeat, keep the lease until then.
-    LeaseExtended(JobId, UnixMillis),
+    /// As a worker: a work task ended (`token` names the run, so a stopped run's late report
+    /// is ignored), with its report or why it could not be done.
+    WorkEnded {
+        job_id: JobId,
+        token: u64,
+        result: Result<Report, String>,
+    },
+    /// As a worker: how the submitter answered a heartbeat.
+    HeartbeatAnswered(JobId, Beat),
     Peers(Vec<PeerInfo>),
 }
 
@@ -87,9 +100,21 @@ pub(crate) struct Core {
     pub net: NetHandle,
     pub pool: Pool,
     pub market: Market,
-    pub leases: agora_market::Leases,
-    pub running: HashMap<JobId, (PeerId, AbortHandle)>,
-    pub offer: Offer,
+    /// The worker machine: bids, lease book, heartbeats, expiry.
+    pub worker: Worker,
+    /// The running work tasks, each with its run's token.
+    pub running: HashMap<JobId, (u64, AbortHandle)>,
+    /// The last run token given out.
+    pub work_token: u64,
+    /// Reports of finished work, between [`Internal::WorkEnded`] and the worker's
+    /// [`worker::Output::SendResult`].
+    pub reports: HashMap<JobId, Report>,
+    /// The worker machine's timers, earliest first.
+    pub timers: BinaryHeap<Reverse<(UnixMillis, Timer)>>,
+    /// Requests, gossip, blob reads and acknowledgements in flight.
+    pub tasks: Tasks,
+    /// Work tasks (one per held lease that is running).
+    pub work: Tasks,
     pub events: mpsc::Receiver<NetEvent>,
     pub commands: mpsc::Receiver<Command>,
     pub internal_tx: mpsc::Sender<Internal>,
@@ -97,8 +122,6 @@ pub(crate) struct Core {
     pub persist: mpsc::Sender<Persist>,
     pub stop: mpsc::Receiver<()>,
     pub peer_cache: HashMap<PeerId, (Option<IpAddr>, Option<u32>)>,
-    pub ad_seq: u64,
-    pub bid_seen: VecDeque<(JobId, u32)>,
     /// The ledger, when the node runs one.
     pub ledger: Option<LedgerRef>,
     /// Heights of applied blocks, from the chain.
@@ -116,23 +139,73 @@ const ESCROW_RETRY_BLOCKS: u64 = 20;
 /// Settlements tried before falling back to a refund.
 const SETTLE_ATTEMPTS: u32 = 3;
 
-/// Announcements recently bid on, remembered so that a duplicate delivery is not bid on twice.
-/// A re-announcement (a higher attempt) is bid on again: the submitter is still short of workers.
-const BID_MEMORY: usize = 4096;
+/// The most requests, gossip publications and other short tasks in flight at once; past it a new
+/// one is dropped (with a warning) rather than queued without bound.
+pub(crate) const MAX_TASKS: usize = 4096;
+
+/// A capped set of tasks: each is tracked, reaped by the core loop, and aborted when the set is
+/// shut down or dropped, so nothing the core starts outlives it.
+pub(crate) struct Tasks {
+    set: JoinSet<()>,
+    cap: usize,
+    what: &'static str,
+}
+
+impl Tasks {
+    pub fn new(cap: usize, what: &'static str) -> Self {
+        Tasks {
+            set: JoinSet::new(),
+            cap: cap.max(1),
+            what,
+        }
+    }
+
+    /// Starts `f`, unless `cap` tasks are in flight already.
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&mut self, f: F) -> Option<AbortHandle> {
+        if self.set.len() >= self.cap {
+            warn!(
+                tasks = self.what,
+                cap = self.cap,
+                "too many tasks in flight; dropping a new one"
+            );
+            return None;
+        }
+        Some(self.set.spawn(f))
+    }
+
+    /// Waits for the next task to end (pending while there is none).
+    async fn reap(&mut self) {
+        match self.set.join_next().await {
+            Some(Err(e)) if e.is_panic() => warn!(tasks = self.what, error = %e, "a task panicked"),
+            Some(_) => {}
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// When the loop must next wake for `at` (now, if it has passed).
+async fn sleep_until(at: Option<UnixMillis>) {
+    match at {
+        Some(at) => {
+            let wait = at.saturating_sub(now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
 
 impl Core {
     pub async fn run(mut self, restored: Vec<JobRecord>) {
         let outputs = self.market.restore(restored, now_ms());
         self.apply(outputs);
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beacon = tokio::time::interval(self.shared.config.ad_interval);
         beacon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut peers_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            let wake = sleep_until(self.next_wake());
             tokio::select! {
                 _ = self.stop.recv() => {
-                    self.save_reputation();
+                    self.shutdown().await;
                     return;
                 }
                 Some(c) = self.commands.recv() => self.on_command(c),
@@ -142,19 +215,9 @@ impl Core {
                     Some(e) => self.on_net_event(e),
                     None => return,
                 },
-                _ = tick.tick() => {
-                    let now = now_ms();
-                    if self.market.next_deadline().is_some_and(|d| d <= now) {
-                        let out = self.market.handle(Input::Tick, now);
-                        self.apply(out);
-                    }
-                    for expired in self.leases.expire(now) {
-                        if let Some((_, task)) = self.running.remove(&expired) {
-                            warn!(job = %expired.short(), "lease expired before the work was reported; abandoning it");
-                            task.abort();
-                        }
-                    }
-                }
+                () = wake => self.fire_due(),
+                () = self.tasks.reap() => {}
+                () = self.work.reap() => {}
                 _ = beacon.tick() => {
                     self.beacon();
                     self.save_reputation();
@@ -162,6 +225,45 @@ impl Core {
                 _ = peers_tick.tick() => self.refresh_peers(),
             }
         }
+    }
+
+    /// The earliest deadline of either machine.
+    fn next_wake(&self) -> Option<UnixMillis> {
+        let worker = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (self.market.next_deadline(), worker) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires every due timer: the worker's in time order, then the market's tick.
+    fn fire_due(&mut self) {
+        let now = now_ms();
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.feed_worker(worker::Input::Timer(timer));
+        }
+        if self.market.next_deadline().is_some_and(|d| d <= now) {
+            let out = self.market.handle(Input::Tick, now);
+            self.apply(out);
+        }
+    }
+
+    /// Stops: saves the reputation book, then aborts every task in flight.
+    async fn shutdown(&mut self) {
+        if let Ok(bytes) = serde_json::to_vec(self.market.reputation()) {
+            let store = self.shared.store.clone();
+            let saved =
+                tokio::task::spawn_blocking(move || store.put_meta("reputation", &bytes)).await;
+            if !matches!(saved, Ok(Ok(()))) {
+                warn!("cannot save the reputation book");
+            }
+        }
+        self.work.set.shutdown().await;
+        self.tasks.set.shutdown().await;
     }
 
     fn feed(&mut self, input: Input) {
@@ -179,9 +281,9 @@ impl Core {
         }
     }
 
-    fn publish(&self, message: GossipMessage) {
+    fn publish(&mut self, message: GossipMessage) {
         let net = self.net.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(e) = net.publish(message).await {
                 debug!(error = %e, "publish failed");
             }
@@ -205,7 +307,7 @@ impl Core {
                     let job_id = job_id(&lease.job);
                     let net = self.net.clone();
                     let tx = self.internal_tx.clone();
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         let result = match net.request(worker, Request::Lease(lease)).await {
                             Ok(Response::Ack) => Delivery::Accepted,
                             Ok(Response::Busy) => Delivery::Busy,
@@ -228,7 +330,7 @@ impl Core {
                 }
                 Output::CancelLease { worker, job_id } => {
                     let net = self.net.clone();
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         let _ = net.request(worker, Request::Cancel(job_id)).await;
                     });
                 }
@@ -356,12 +458,29 @@ impl Core {
                     let _ = ack.send(Response::Ack);
                 });
             }
-            Internal::WorkDone(id) => {
-                self.leases.finish(&id);
-                self.running.remove(&id);
+            Internal::WorkEnded {
+                job_id,
+                token,
+                result,
+            } => {
+                if self.running.get(&job_id).map(|(t, _)| *t) != Some(token) {
+                    return; // a stopped run's late report
+                }
+                self.running.remove(&job_id);
+                match result {
+                    Ok(report) => {
+                        self.reports.insert(job_id, report);
+                        self.feed_worker(worker::Input::Executed(job_id));
+                        self.reports.remove(&job_id);
+                    }
+                    Err(reason) => {
+                        warn!(job = %job_id.short(), %reason, "giving the lease back");
+                        self.feed_worker(worker::Input::GaveUp { job_id, reason });
+                    }
+                }
             }
-            Internal::LeaseExtended(id, until) => {
-                self.leases.extend(&id, until);
+            Internal::HeartbeatAnswered(job_id, answer) => {
+                self.feed_worker(worker::Input::HeartbeatAnswered { job_id, answer });
             }
             Internal::Peers(list) => {
                 self.peer_cache = list
@@ -375,13 +494,13 @@ impl Core {
     /// Runs `then` once every record write queued so far is committed. If the queue is full,
     /// `then` is dropped, and so the caller's oneshot: the submitter or worker sees a failure and
     /// retries, rather than an acknowledgement of something not yet durable.
-    fn after_commit(&self, then: impl FnOnce() + Send + 'static) {
+    fn after_commit(&mut self, then: impl FnOnce() + Send + 'static) {
         let (tx, rx) = oneshot::channel();
         if self.persist.try_send(Persist::Barrier(tx)).is_err() {
             warn!("persistence queue full; not acknowledging");
             return;
         }
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if rx.await.is_ok() {
                 then();
             }
@@ -401,10 +520,10 @@ impl Core {
         });
     }
 
-    fn refresh_peers(&self) {
+    fn refresh_peers(&mut self) {
         let net = self.net.clone();
         let tx = self.internal_tx.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Ok(list) = net.peers().await {
                 let _ = tx.send(Internal::Peers(list)).await;
             }
@@ -471,54 +590,168 @@ impl Core {
     }
 
     fn consider_bid(&mut self, job: SignedJob, attempt: u32) {
-        let Ok(submitter) = job.signer_peer() else {
-            return;
-        };
-        if submitter == self.net.local_peer_id() {
-            return;
-        }
-        let id = job_id(&job);
-        let spec = &job.payload;
-        if self.bid_seen.contains(&(id, attempt)) || self.leases.contains(&id) {
-            return;
-        }
-        // The signed deadline is not checked here: the submitter's clock for it starts when the
-        // job first gets a worker (ARCHITECTURE.md, "Deadlines"), so a queued job may be
-        // announced past it; an announcement the submitter no longer wants gets no lease.
-        // This node's bounds: an input over its `max_input_bytes` is not bid on.
-        if spec.validate(&self.shared.config.spec_bounds()).is_err() {
-            return;
-        }
-        if let Some(ledger) = &self.ledger {
+        let standing = self.ledger.as_ref().map(|ledger| {
             let st = ledger.lock();
-            if !st.ledger.can_bid(&ledger.local) {
-                debug!(job = %id.short(), "not bidding: this node's stake is below the minimum");
-                return;
+            Standing {
+                staked: st.ledger.can_bid(&ledger.local),
+                escrowed: st.ledger.escrow(&job_id(&job)).is_some(),
             }
-            if st.ledger.escrow(&id).is_none() {
-                debug!(job = %id.short(), "not bidding: the job has no escrow on the ledger");
-                return;
+        });
+        self.feed_worker(worker::Input::Announce {
+            job,
+            attempt,
+            standing,
+        });
+    }
+
+    /// Feeds the worker machine and carries out its outputs; returns its answer to a lease.
+    fn feed_worker(&mut self, input: worker::Input) -> Option<worker::Answer> {
+        let out = self.worker.handle(input, now_ms());
+        let mut answer = None;
+        for o in out {
+            match o {
+                worker::Output::SendBid { submitter, bid } => {
+                    let Some(signed) = self.sign(bid) else {
+                        continue;
+                    };
+                    let net = self.net.clone();
+                    self.tasks.spawn(async move {
+                        if let Err(e) = net.request(submitter, Request::Bid(signed)).await {
+                            debug!(error = %e, "bid not delivered");
+                        }
+                    });
+                }
+                worker::Output::Declined { job_id, why } => {
+                    debug!(job = %job_id.short(), %why, "not bidding");
+                }
+                worker::Output::Answer { answer: a, .. } => answer = Some(a),
+                worker::Output::Start {
+                    job_id,
+                    submitter,
+                    lease,
+                } => self.start_work(job_id, submitter, lease),
+                worker::Output::SendHeartbeat { submitter, job_id } => {
+                    self.send_heartbeat(submitter, job_id);
+                }
+                worker::Output::Stop { job_id, reason } => {
+                    warn!(job = %job_id.short(), %reason, "stopping the work");
+                    if let Some((_, task)) = self.running.remove(&job_id) {
+                        task.abort();
+                    }
+                }
+                worker::Output::SendResult {
+                    submitter,
+                    job_id,
+                    price,
+                } => match self.reports.remove(&job_id) {
+                    Some(report) => self.send_result(submitter, job_id, report, price),
+                    None => warn!(job = %job_id.short(), "no report to send"),
+                },
+                worker::Output::GiveBack { submitter, job_id } => {
+                    let net = self.net.clone();
+                    self.tasks.spawn(async move {
+                        let _ = net.request(submitter, Request::Cancel(job_id)).await;
+                    });
+                }
+                worker::Output::SetTimer { at, timer } => self.timers.push(Reverse((at, timer))),
             }
         }
-        let free = self.leases.free_slots();
-        let total = self.leases.capacity() as u32;
-        let bid = match bid_for(spec, id, &self.offer, free, total) {
-            Ok(b) => b,
-            Err(why) => {
-                debug!(job = %id.short(), %why, "not bidding");
-                return;
-            }
+        answer
+    }
+
+    /// Runs a lease's work in the work set; its end comes back as [`Internal::WorkEnded`].
+    fn start_work(&mut self, job_id: JobId, submitter: PeerId, lease: Box<Lease>) {
+        self.work_token += 1;
+        let token = self.work_token;
+        let work = Work {
+            net: self.net.clone(),
+            store: self.shared.store.clone(),
+            pool: self.pool.clone(),
+            keypair: self.shared.keypair.clone(),
+            byzantine: self.shared.config.byzantine,
         };
-        if self.bid_seen.len() >= BID_MEMORY {
-            self.bid_seen.pop_front();
-        }
-        self.bid_seen.push_back((id, attempt));
-        let Some(signed) = self.sign(bid) else { return };
-        let net = self.net.clone();
-        tokio::spawn(async move {
-            if let Err(e) = net.request(submitter, Request::Bid(signed)).await {
-                debug!(error = %e, "bid not delivered");
+        let guard = WorkGuard {
+            job_id,
+            token,
+            tx: self.internal_tx.clone(),
+            reported: false,
+        };
+        match self.work.spawn(work.run(submitter, lease, guard)) {
+            Some(task) => {
+                self.running.insert(job_id, (token, task));
             }
+            None => {
+                let reason = "too much work in flight".to_string();
+                self.feed_worker(worker::Input::GaveUp { job_id, reason });
+            }
+        }
+    }
+
+    /// Signs a heartbeat and sends it; its answer comes back as [`Internal::HeartbeatAnswered`].
+    fn send_heartbeat(&mut self, submitter: PeerId, job_id: JobId) {
+        let beat = Heartbeat {
+            job_id,
+            stage: "working".into(),
+        };
+        let Some(signed) = self.sign(beat) else {
+            return;
+        };
+        let net = self.net.clone();
+        let tx = self.internal_tx.clone();
+        let wait = Duration::from_millis(self.worker.settings().heartbeat_ms.saturating_mul(2));
+        self.tasks.spawn(async move {
+            let answer =
+                tokio::time::timeout(wait, net.request(submitter, Request::Heartbeat(signed)))
+                    .await;
+            let beat = match answer {
+                Ok(Ok(Response::Ack)) => Beat::Extended,
+                Ok(Ok(Response::Refused(why))) => Beat::Refused(why),
+                _ => {
+                    debug!(job = %job_id.short(), "heartbeat not answered");
+                    Beat::Unanswered
+                }
+            };
+            let _ = tx.send(Internal::HeartbeatAnswered(job_id, beat)).await;
+        });
+    }
+
+    /// Signs a result and delivers it, retrying a few times (each bounded): the submitter may be
+    /// briefly unreachable.
+    fn send_result(&mut self, submitter: PeerId, job_id: JobId, report: Report, price: u64) {
+        let (outcome, output, stderr) = report;
+        let result = WorkResult {
+            job_id,
+            outcome,
+            price,
+        };
+        let Some(signed) = self.sign(result) else {
+            return;
+        };
+        let net = self.net.clone();
+        self.tasks.spawn(async move {
+            for attempt in 0..4u32 {
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    net.request(
+                        submitter,
+                        Request::Result {
+                            result: signed.clone(),
+                            output: output.clone(),
+                            stderr: stderr.clone(),
+                        },
+                    ),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(Response::Ack)) => return,
+                    Ok(Ok(Response::Refused(why))) => {
+                        debug!(job = %job_id.short(), %why, "result refused");
+                        return;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200 << attempt)).await,
+                }
+            }
+            warn!(job = %job_id.short(), "could not deliver a result to the submitter");
         });
     }
 
@@ -562,19 +795,18 @@ impl Core {
                         job_id: id,
                         worker: peer,
                     });
-                } else if let Some((submitter, _)) = self.running.get(&id)
-                    && *submitter == peer
-                {
-                    if let Some((_, task)) = self.running.remove(&id) {
-                        task.abort();
-                    }
-                    self.leases.cancel(&id);
+                } else {
+                    self.feed_worker(worker::Input::Withdrawn {
+                        from: peer,
+                        job_id: id,
+                    });
                 }
                 Response::Ack
             }
             Request::GetBlob { hash, offset, len } => {
                 let store = self.shared.store.clone();
-                tokio::spawn(async move {
+                // Dropped when too many are in flight: the reply closes and the peer retries.
+                self.tasks.spawn(async move {
                     let len = len.min(limits::BLOB_CHUNK_BYTES);
                     let r = tokio::task::spawn_blocking(move || {
                         store.read_blob_range(&hash, offset, len)
@@ -627,38 +859,12 @@ impl Core {
         if let Err(e) = lease.job.verify() {
             return Response::Refused(format!("bad job signature: {e}"));
         }
-        match lease.job.signer_peer() {
-            Ok(s) if s == peer => {}
-            _ => return Response::Refused("only a job's submitter may lease it".into()),
+        match self.feed_worker(worker::Input::Lease { from: peer, lease }) {
+            Some(worker::Answer::Accepted) => Response::Ack,
+            Some(worker::Answer::Busy) => Response::Busy,
+            Some(worker::Answer::Refused(why)) => Response::Refused(why),
+            None => Response::Refused("the lease was not considered".into()),
         }
-        let spec = lease.job.payload.clone();
-        // Checked before anything is fetched: the sizes are in the signed spec.
-        if let Err(e) = spec.validate(&self.shared.config.spec_bounds()) {
-            return Response::Refused(e.to_string());
-        }
-        if let Err(e) = bid_for(&spec, job_id(&lease.job), &self.offer, 1, 1) {
-            return Response::Refused(e.to_string());
-        }
-        let id = job_id(&lease.job);
-        match self.leases.accept(id, lease.expires_ms) {
-            Ok(()) => {}
-            Err(agora_market::Refusal::Full { .. }) => return Response::Busy,
-            Err(e) => return Response::Refused(e.to_string()),
-        }
-        let config = self.market.config();
-        let work = Work {
-            net: self.net.clone(),
-            store: self.shared.store.clone(),
-            pool: self.pool.clone(),
-            keypair: self.shared.keypair.clone(),
-            byzantine: self.shared.config.byzantine,
-            done: self.internal_tx.clone(),
-            heartbeat: Duration::from_millis(config.heartbeat_ms.max(100)),
-            extension_ms: config.heartbeat_extension_ms(),
-        };
-        let task = tokio::spawn(work.run(peer, id, lease));
-        self.running.insert(id, (peer, task.abort_handle()));
-        Response::Ack
     }
 
     fn on_result(
@@ -688,7 +894,7 @@ impl Core {
         let result = signed;
         let store = self.shared.store.clone();
         let tx = self.internal_tx.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if !output.is_empty() {
                 let stored = tokio::task::spawn_blocking(move || store.put_blob(&output)).await;
                 if !matches!(stored, Ok(Ok(_))) {
@@ -710,18 +916,9 @@ impl Core {
     fn beacon(&mut self) {
         let running = (self.pool.slots() - self.pool.free_slots()) as u32;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-        self.ad_seq += 1;
-        let ad = CapabilityAd {
-            engine: "wasmtime-48".into(),
-            capabilities: self.offer.capabilities.clone(),
-            cores,
-            memory_bytes: self.offer.memory_bytes,
-            free_slots: self.leases.free_slots(),
-            total_slots: self.leases.capacity() as u32,
-            price: self.offer.price,
-            version: agora_types::VERSION.into(),
-            seq: self.ad_seq,
-        };
+        let ad = self
+            .worker
+            .capability_ad("wasmtime-48", cores, agora_types::VERSION);
         if let Some(s) = self.sign(ad) {
             self.publish(GossipMessage::Capability(s));
         }
@@ -733,10 +930,10 @@ impl Core {
         if let Some(s) = self.sign(health) {
             self.publish(GossipMessage::Health(s));
         }
-        if self.ad_seq == 1 {
+        if self.worker.ads_made() == 1 {
             let net = self.net.clone();
-            let caps = self.offer.capabilities.clone();
-            tokio::spawn(async move {
+            let caps = self.worker.settings().offer.capabilities.clone();
+            self.tasks.spawn(async move {
                 for c in caps {
                     let _ = net
                         .provide(format!("agora/capability/{c}").into_bytes())
@@ -755,7 +952,7 @@ impl Core {
     }
 
     /// Signs and gossips one of our own ledger transactions.
-    fn send_tx(&self, kind: TxKind) -> bool {
+    fn send_tx(&mut self, kind: TxKind) -> bool {
         let Some(ledger) = &self.ledger else {
             return false;
         };
@@ -968,7 +1165,7 @@ impl Core {
         }
         self.authorized = Some(set.clone());
         let net = self.net.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(e) = net.set_authorized(set).await {
                 warn!(error = %e, "cannot update the authorized peers");
             }
@@ -983,15 +1180,43 @@ struct Work {
     pool: Pool,
     keypair: Keypair,
     byzantine: bool,
-    done: mpsc::Sender<Internal>,
-    /// How often to tell the submitter the lease is still being worked on.
-    heartbeat: Duration,
-    /// How far an answered heartbeat extends the lease locally.
-    extension_ms: u64,
+}
+
+/// Reports a work task's end to the core, however it ends: if the task is aborted or panics
+/// before it reported, its drop tells the core the work was given up, so the lease-book slot is
+/// freed (and if even that message cannot be queued, the lease's expiry timer frees it).
+struct WorkGuard {
+    job_id: JobId,
+    token: u64,
+    tx: mpsc::Sender<Internal>,
+    reported: bool,
+}
+
+impl WorkGuard {
+    async fn report(mut self, result: Result<Report, String>) {
+        let ended = Internal::WorkEnded {
+            job_id: self.job_id,
+            token: self.token,
+            result,
+        };
+        self.reported = self.tx.send(ended).await.is_ok();
+    }
+}
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        if !self.reported {
+            let _ = self.tx.try_send(Internal::WorkEnded {
+                job_id: self.job_id,
+                token: self.token,
+                result: Err("the work ended without a report".into()),
+            });
+        }
+    }
 }
 
 /// What a worker reports: the outcome, stdout, and the first bytes of stderr.
-type Report = (Outcome, Vec<u8>, Vec<u8>);
+pub(crate) type Report = (Outcome, Vec<u8>, Vec<u8>);
 
 fn failure(e: &ExecError) -> Outcome {
     let kind = match e {
@@ -1011,61 +1236,12 @@ fn failure(e: &ExecError) -> Outcome {
 }
 
 impl Work {
-    async fn run(self, submitter: PeerId, id: JobId, lease: Lease) {
-        // Heartbeats run beside the work: fetching, waiting for a slot, compiling and running
-        // all count as progress, so a slow but alive worker keeps its lease.
-        let outcome = tokio::select! {
-            o = self.execute(submitter, &lease) => Some(o),
-            why = self.heartbeats(submitter, id) => {
-                warn!(job = %id.short(), %why, "the submitter withdrew the lease; stopping");
-                None
-            }
-        };
-        match outcome {
-            Some(Ok((outcome, output, stderr))) => {
-                self.report(submitter, id, outcome, output, stderr, lease.price)
-                    .await
-            }
-            Some(Err(why)) => {
-                warn!(job = %id.short(), %why, "giving the lease back");
-                let _ = self.net.request(submitter, Request::Cancel(id)).await;
-            }
-            None => {}
-        }
-        let _ = self.done.send(Internal::WorkDone(id)).await;
-    }
-
-    /// Sends a signed heartbeat every interval until the submitter refuses one (it no longer
-    /// holds the lease for us); returns its reason. An unreachable submitter is not a refusal:
-    /// the lease's own expiry decides then.
-    async fn heartbeats(&self, submitter: PeerId, id: JobId) -> String {
-        loop {
-            tokio::time::sleep(self.heartbeat).await;
-            let beat = Heartbeat {
-                job_id: id,
-                stage: "working".into(),
-            };
-            let signed = match Signed::sign(&self.keypair, beat, now_ms()) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "cannot sign a heartbeat");
-                    continue;
-                }
-            };
-            let answer = tokio::time::timeout(
-                self.heartbeat.saturating_mul(2),
-                self.net.request(submitter, Request::Heartbeat(signed)),
-            )
-            .await;
-            match answer {
-                Ok(Ok(Response::Ack)) => {
-                    let until = now_ms().saturating_add(self.extension_ms);
-                    let _ = self.done.send(Internal::LeaseExtended(id, until)).await;
-                }
-                Ok(Ok(Response::Refused(why))) => return why,
-                _ => debug!(job = %id.short(), "heartbeat not answered"),
-            }
-        }
+    /// Fetches, runs, and reports through `guard`. Heartbeats are the worker machine's timers,
+    /// sent by the core meanwhile: fetching, waiting for a slot, compiling and running all count
+    /// as progress, so a slow but alive worker keeps its lease.
+    async fn run(self, submitter: PeerId, lease: Box<Lease>, guard: WorkGuard) {
+        let result = self.execute(submitter, &lease).await;
+        guard.report(result).await;
     }
 
     async fn execute(&self, submitter: PeerId, lease: &Lease) -> Result<Report, String> {
@@ -1122,51 +1298,43 @@ impl Work {
             Err(e) => Ok((failure(&e), vec![], vec![])),
         }
     }
+}
 
-    async fn report(
-        &self,
-        submitter: PeerId,
-        id: JobId,
-        outcome: Outcome,
-        output: Vec<u8>,
-        stderr: Vec<u8>,
-        price: u64,
-    ) {
-        let result = WorkResult {
-            job_id: id,
-            outcome,
-            price,
-        };
-        let signed = match Signed::sign(&self.keypair, result, now_ms()) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot sign a result");
-                return;
-            }
-        };
-        // Retry a few times, each bounded: the submitter may be briefly unreachable.
-        for attempt in 0..4u32 {
-            let sent = tokio::time::timeout(
-                Duration::from_secs(3),
-                self.net.request(
-                    submitter,
-                    Request::Result {
-                        result: signed.clone(),
-                        output: output.clone(),
-                        stderr: stderr.clone(),
-                    },
-                ),
-            )
-            .await;
-            match sent {
-                Ok(Ok(Response::Ack)) => return,
-                Ok(Ok(Response::Refused(why))) => {
-                    debug!(job = %id.short(), %why, "result refused");
-                    return;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(200 << attempt)).await,
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_task_set_is_capped_and_aborts_on_shutdown() {
+        let mut tasks = Tasks::new(2, "test");
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        for _ in 0..2 {
+            let tx = tx.clone();
+            let started = tasks.spawn(async move {
+                std::future::pending::<()>().await;
+                drop(tx);
+            });
+            assert!(started.is_some());
         }
-        warn!(job = %id.short(), "could not deliver a result to the submitter");
+        assert!(tasks.spawn(async {}).is_none(), "over the cap");
+        drop(tx);
+        tasks.set.shutdown().await;
+        // Both tasks were aborted: their senders are gone, so the channel is closed.
+        assert!(rx.recv().await.is_none());
+        assert!(tasks.set.is_empty());
+        assert!(tasks.spawn(async {}).is_some(), "room again");
+        tokio::time::timeout(Duration::from_secs(5), tasks.reap())
+            .await
+            .expect("the finished task is reaped");
+    }
+
+    #[tokio::test]
+    async fn sleeping_until_a_past_deadline_is_immediate() {
+        let past = now_ms().saturating_sub(1_000);
+        tokio::time::timeout(Duration::from_secs(5), sleep_until(Some(past)))
+            .await
+            .expect("a past deadline wakes at once");
+        let never = tokio::time::timeout(Duration::from_millis(50), sleep_until(None)).await;
+        assert!(never.is_err(), "no deadline: no wake");
     }
 }

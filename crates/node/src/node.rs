@@ -1,13 +1,14 @@
 //! Starting, running and stopping a node, and the handle the API and CLI use.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_chain::{ChainConfig, ChainHandle};
 use agora_exec::{Pool, Sandbox};
 use agora_ledger::{AccountId, BlockReceipt, Event, Ledger, TxKind};
-use agora_market::{JobRecord, Leases, Market, Offer};
+use agora_market::worker::{Settings as WorkerSettings, Worker};
+use agora_market::{JobRecord, Market, Offer};
 use agora_net::{Keypair, Multiaddr, NetHandle, PeerId, PeerInfo};
 use agora_types::job::{JobId, JobLimits, JobSpec, SignedJob, SpecError};
 use agora_types::sign::Signed;
@@ -21,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::blobs;
 use crate::config::{NodeConfig, Preset};
-use crate::core::{Command, Core, Persist};
+use crate::core::{Command, Core, MAX_TASKS, Persist, Tasks};
 use crate::identity::{self, IdentityError};
 use crate::ledger::{AccountView, LedgerApp, LedgerRef, LedgerStatus};
 use crate::store::{Store, StoreConfig, StoreError};
@@ -726,7 +727,7 @@ impl Node {
         };
         let mut market_config = market_config;
         market_config.require_escrow = config.ledger.is_some();
-        let mut market = Market::new(market_config, peer_id);
+        let mut market = Market::new(market_config.clone(), peer_id);
         if let Ok(Some(bytes)) = store.meta("reputation")
             && let Ok(book) = serde_json::from_slice(&bytes)
         {
@@ -783,14 +784,20 @@ impl Node {
         };
         // Accepted leases may wait in the pool's queue: up to four per slot.
         let lease_capacity = shared.config.executor_slots * 4;
+        let mut worker_settings = WorkerSettings::new(offer, lease_capacity, &market_config);
+        worker_settings.bounds = shared.config.spec_bounds();
         let core = Core {
             shared,
             net: network.handle,
             pool,
             market,
-            leases: Leases::new(lease_capacity),
+            worker: Worker::new(peer_id, worker_settings),
             running: HashMap::new(),
-            offer,
+            work_token: 0,
+            reports: HashMap::new(),
+            timers: BinaryHeap::new(),
+            tasks: Tasks::new(MAX_TASKS, "core"),
+            work: Tasks::new(lease_capacity * 2, "work"),
             events: network.events,
             commands: cmd_rx,
             internal_tx,
@@ -798,8 +805,6 @@ impl Node {
             persist: persist_tx,
             stop: stop_rx,
             peer_cache: HashMap::new(),
-            ad_seq: 0,
-            bid_seen: VecDeque::new(),
             ledger,
             blocks: block_rx,
             ledger_seen,
