@@ -182,6 +182,9 @@ pub struct JobSpec {
     pub deadline_ms: u64,
     /// Makes identical submissions distinct.
     pub nonce: u64,
+    /// Paid from the submitter's credit lines rather than an escrow of its own (with a ledger).
+    #[serde(default)]
+    pub credit: bool,
 }
 
 /// Why a job waits for workers.

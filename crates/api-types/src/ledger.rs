@@ -28,6 +28,12 @@ pub struct AccountView {
     pub can_bid: bool,
     /// Is a validator now.
     pub validator: bool,
+    /// Open credit lines it holds to workers (`credit_per_worker` in the node's config).
+    #[serde(default)]
+    pub credit_lines: u64,
+    /// Tokens on all its credit lines.
+    #[serde(default)]
+    pub credit_locked: u64,
 }
 
 /// A validator.
@@ -184,6 +190,44 @@ pub enum LedgerEvent {
         account: String,
         /// How much.
         amount: u64,
+    },
+    /// A credit line was opened or topped up.
+    CreditOpened {
+        /// The submitter.
+        owner: String,
+        /// The worker.
+        worker: String,
+        /// How much was added.
+        amount: u64,
+    },
+    /// A credit line started closing.
+    CreditClosing {
+        /// The submitter.
+        owner: String,
+        /// The worker.
+        worker: String,
+        /// From this block time (Unix ms) on, what is left returns to the owner.
+        after_ms: u64,
+    },
+    /// A closed credit line's rest returned to its owner.
+    CreditClosed {
+        /// The submitter.
+        owner: String,
+        /// The worker.
+        worker: String,
+        /// How much returned.
+        amount: u64,
+    },
+    /// A credit job's worker was paid less than it signed for (a late result, or a short line).
+    CreditShort {
+        /// The job.
+        job_id: String,
+        /// The worker.
+        worker: String,
+        /// What it signed for.
+        price: u64,
+        /// What it was paid.
+        paid: u64,
     },
 }
 

@@ -171,6 +171,7 @@ fn spec(s: &JobSpec) -> api::JobSpec {
         max_price: s.max_price,
         deadline_ms: s.deadline_ms,
         nonce: s.nonce,
+        credit: s.credit,
     }
 }
 
@@ -327,6 +328,8 @@ pub fn account(a: agora_node::AccountView) -> api::AccountView {
         escrowed: a.escrowed,
         can_bid: a.can_bid,
         validator: a.validator,
+        credit_lines: n(a.credit_lines),
+        credit_locked: a.credit_locked,
     }
 }
 
@@ -442,6 +445,44 @@ pub fn event(e: &Event) -> api::LedgerEvent {
         Event::Burned { account, amount } => L::Burned {
             account: account.to_string(),
             amount: *amount,
+        },
+        Event::CreditOpened {
+            owner,
+            worker,
+            amount,
+        } => L::CreditOpened {
+            owner: owner.to_string(),
+            worker: worker.to_string(),
+            amount: *amount,
+        },
+        Event::CreditClosing {
+            owner,
+            worker,
+            after_ms,
+        } => L::CreditClosing {
+            owner: owner.to_string(),
+            worker: worker.to_string(),
+            after_ms: *after_ms,
+        },
+        Event::CreditClosed {
+            owner,
+            worker,
+            amount,
+        } => L::CreditClosed {
+            owner: owner.to_string(),
+            worker: worker.to_string(),
+            amount: *amount,
+        },
+        Event::CreditShort {
+            job_id,
+            worker,
+            price,
+            paid,
+        } => L::CreditShort {
+            job_id: job_id.to_hex(),
+            worker: worker.to_string(),
+            price: *price,
+            paid: *paid,
         },
     }
 }

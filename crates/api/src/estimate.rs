@@ -230,6 +230,9 @@ mod tests {
             price,
             version: "0".into(),
             seq: 1,
+            max_input_bytes: 0,
+            max_module_bytes: 0,
+            max_wall_time_ms: 0,
         };
         let peer = agora_types::Keypair::generate_ed25519()
             .public()

@@ -79,6 +79,10 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
             None => {
                 config.max_connections = config.max_connections.max(n as u32 + 16);
                 config.max_pending_incoming = config.max_pending_incoming.max(n as u32);
+                // The bootstrap node lets every newcomer in (then prunes back to T + S).
+                config.inbound_excess = Some(
+                    (config.max_connections as usize).saturating_sub(TARGET_PEERS + config.slack()),
+                );
             }
         }
         Ok(config)

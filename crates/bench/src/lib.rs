@@ -17,6 +17,7 @@
 //! | `ledger` | 4 in-process `agora_chain` validators (Malachite) over the ledger: finalized transfers per second and commit latency (p50, p99) under an offered load | the pure state machine (`Ledger::apply_block`, one thread) and signature verification alone | >= 5,000 tx/s finalized |
 //! | `dispatch` | `N` in-process nodes (20): submit -> verified latency of a trivial job at r=1 and r=3 (p50, p99), and jobs/s sustained | Ray running the same trivial task (sync p50, tasks/s; `bash bench/venv.sh`), and the Ed25519 verification rate (the crypto ceiling) | r=1 p50 <= 2x Ray's, r=3 <= 3x, jobs/s >= Ray's, >= 50% of the ceiling |
 //! | `train` | federated training of `examples/train` (8 trainers, real wasm step, 5 re-executions per proposal, FedAvg): held-out accuracy per round, mean round time; also with 2 Byzantine trainers | Flower FedAvg on the same shards with a numpy softmax regression (`flwr`) | final accuracy within 1 point of Flower's |
+//! | `infer` | ONNX inference of `examples/onnx/mlp.onnx` on one row through `agora_exec::OnnxEngine::run_blocking` (bytes in, `.npy` bytes out) and `Pool::run_onnx`: p50, p99; jobs/s with 2 slots busy | onnxruntime (`crates/bench/py/onnxruntime_infer.py`), one session, one thread, the same `.npy` in and out, same counts; and bare tract on a prepared tensor | p50 ratio <= 1.5 |
 //!
 //! [`Opts::smoke`] shrinks every size so that the whole set runs in seconds (CI checks the
 //! shape of the JSON, never the timings). Each benchmark is one module with a
@@ -26,6 +27,7 @@
 mod dispatch;
 mod exec;
 mod gossip;
+mod infer;
 mod ledger;
 mod rr;
 mod scale;
@@ -36,7 +38,7 @@ use serde_json::Value;
 
 /// The benchmarks [`run`] knows, in the order `agora bench` lists them.
 pub const BENCHES: &[&str] = &[
-    "rr", "gossip", "exec", "scale", "ledger", "dispatch", "train",
+    "rr", "gossip", "exec", "scale", "ledger", "dispatch", "train", "infer",
 ];
 
 /// Options of a benchmark run. Fields a benchmark does not use are ignored; `None` means that
@@ -52,6 +54,7 @@ pub struct Opts {
     pub duration_secs: Option<u64>,
     /// `rr`: sequential requests (default 2000, smoke 50). `gossip`: messages published
     /// (default 40, smoke 3). `exec`: runs of the trivial job (default 2000, smoke 20).
+    /// `infer`: timed inferences of each kind (default 2000, smoke 20).
     pub iterations: Option<usize>,
     /// `gossip`: the injected one-way link latency in milliseconds (default 20; 0 runs plain
     /// TCP, and then there is no bound to compare with).
@@ -69,6 +72,7 @@ pub async fn run(name: &str, opts: &Opts) -> anyhow::Result<Value> {
         "ledger" => ledger::run(opts).await,
         "dispatch" => dispatch::run(opts).await,
         "train" => train::run(opts).await,
+        "infer" => infer::run(opts).await,
         other => anyhow::bail!(
             "unknown benchmark `{other}`; the benchmarks are: {}",
             BENCHES.join(", ")

@@ -3,8 +3,9 @@
 //! For each size (100, 300 and 1000 nodes by default), `agora_net` nodes are started in this
 //! process on loopback TCP with `Config::local()`, except: each dials one of the first four nodes
 //! (the hubs) as its bootstrap peer and then discovers more through Kademlia, with
-//! `target_peers` = 4 ("a few others") and at most 24 connections (a hub accepts its quarter of
-//! the nodes plus some slack; see `MAX_CONNECTIONS` for why 24). A size that cannot fit in the
+//! `target_peers` = 4 ("a few others"; with the default peer slack 2 and inbound excess 1: 4..6
+//! peers kept, 7 accepted) and at most 12 connections (`MAX_CONNECTIONS`); a hub accepts its
+//! quarter of the nodes plus some slack, for a while: its connection manager prunes it back to 6. A size that cannot fit in the
 //! process's file descriptor limit is reported as skipped.
 //! Every node's event queue is drained by a task, as a node's would be. Once every node has a
 //! peer, they idle (GossipSub heartbeats, pings, Kademlia refreshes all run) for 30 s, then the
@@ -28,12 +29,12 @@ use crate::util::{self, Node};
 const GOAL_MB: f64 = 20.0;
 const HUBS: usize = 4;
 const MB: f64 = 1024.0 * 1024.0;
-/// Connections per node (hubs excepted). Kademlia re-walks the DHT every 500 ms while a node's
-/// routing table has fewer than 20 peers (k), and a peer enters the table only once connected:
-/// a cap below about 20 makes capped nodes walk, dial and be refused forever. So the cap is a
-/// little above k, and a size whose nodes could not all hold it within the process's file
+/// Connections per node (hubs excepted): a ceiling above the connection manager's band
+/// (`T + S + E` = 7). A size whose nodes could not all hold it within the process's file
 /// descriptor limit (two descriptors per in-process connection) is skipped, not measured.
-const MAX_CONNECTIONS: u32 = 24;
+const MAX_CONNECTIONS: u32 = 12;
+/// Peers a node keeps: `target_peers` 4 plus the default slack of 2.
+const KEPT: usize = 6;
 
 pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
     let sizes = match opts.nodes {
@@ -73,11 +74,12 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
         let before = util::rss_bytes()?;
         let started = Instant::now();
         let nodes = start(n).await?;
-        // Wait until every node has a peer, or the deadline (then measure anyway, and say so).
+        // Wait until every node has a peer and none holds more than `T + S` (the hubs have
+        // pruned the newcomers they let in), or the deadline (then measure anyway, and say so).
         let deadline = Instant::now() + Duration::from_secs(60 + n as u64 / 10);
         loop {
-            let (min, _, _) = util::connectivity(&nodes).await?;
-            if min >= 1 || n == 1 || Instant::now() > deadline {
+            let (min, _, max) = util::connectivity(&nodes).await?;
+            if (min >= 1 && max <= KEPT) || n == 1 || Instant::now() > deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -189,6 +191,9 @@ async fn start(n: usize) -> anyhow::Result<Vec<Node>> {
             // Its share of the others, the other hubs, and some slack.
             config.max_connections = MAX_CONNECTIONS.max((n.div_ceil(HUBS) + 16) as u32);
             config.max_pending_incoming = config.max_pending_incoming.max(n as u32);
+            // A bootstrap node lets every newcomer in (then prunes back to T + S).
+            config.inbound_excess =
+                Some((config.max_connections as usize).saturating_sub(4 + config.slack()));
         } else {
             config.max_connections = MAX_CONNECTIONS;
         }

@@ -163,9 +163,38 @@ async fn every_bench_reports_its_fields() {
     assert_eq!(
         BENCHES,
         &[
-            "rr", "gossip", "exec", "scale", "ledger", "dispatch", "train"
+            "rr", "gossip", "exec", "scale", "ledger", "dispatch", "train", "infer"
         ]
     );
     assert!(run("nope", &Opts::default()).await.is_err());
     eprintln!("smoke run took {:?}", started.elapsed());
+}
+
+/// `infer` alone (also listed in [`BENCHES`] above): `cargo test -p agora-bench --test smoke infer`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infer_reports_its_fields() {
+    let r = smoke("infer").await;
+    goal(&r);
+    for p in [
+        &["agora", "run_blocking", "p50_us"][..],
+        &["agora", "run_blocking", "p99_us"],
+        &["agora", "pool", "p50_us"],
+        &["agora", "throughput", "jobs_per_s"],
+        &["baseline", "tract_bare", "p50_us"],
+    ] {
+        assert!(number(&r, p) > 0.0, "{r:#}");
+    }
+    assert_eq!(r["agora"]["throughput"]["failed"], 0, "{r:#}");
+    assert_eq!(r["agora"]["compilations"], 1, "compiled once: {r:#}");
+    // onnxruntime ran beside it, or the report says why not, and the ratio exists exactly then.
+    let ort = &r["baseline"]["onnxruntime"];
+    assert!(
+        ort["full"]["p50_us"].as_f64().is_some_and(|x| x > 0.0) || ort["skipped"].is_string(),
+        "{r:#}"
+    );
+    assert_eq!(
+        r["ratio_p50"].is_number(),
+        ort["full"]["p50_us"].is_number(),
+        "{r:#}"
+    );
 }

@@ -7,7 +7,8 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// The benchmark: rr, dispatch, gossip, exec, scale or ledger (see BENCHMARKS.md).
+    /// The benchmark: rr, dispatch, gossip, exec, scale, ledger, train or infer (see
+    /// BENCHMARKS.md).
     pub name: String,
     /// Print only the JSON report (the default prints it pretty).
     #[arg(long)]

@@ -160,6 +160,10 @@ pub struct NodeArgs {
     /// A peer id always allowed to connect in permissioned mode (repeatable).
     #[arg(long = "allow", env = "AGORA_ALLOW_LIST", value_delimiter = ',')]
     pub allow_list: Vec<String>,
+    /// With a ledger: tokens to lock in a credit line for each staked worker this node leases
+    /// to (0: none). Jobs are then paid from the lines and start without waiting for a block.
+    #[arg(long, env = "AGORA_CREDIT_PER_WORKER")]
+    pub credit_per_worker: Option<u64>,
     /// Exit when the parent process dies (used by `agora devnet`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,

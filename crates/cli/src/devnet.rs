@@ -335,6 +335,7 @@ async fn run_async(a: DevnetArgs) -> Result<ExitCode> {
             all,
             a.jobs,
             a.redundancy,
+            !a.no_ledger,
             progress.clone(),
         )))
     } else {
@@ -633,6 +634,9 @@ struct DevnetSummary<'a> {
     ledger: Option<Value>,
 }
 
+/// Tokens each devnet node locks per worker in a credit line (of a balance of 1,000,000).
+const CREDIT_PER_WORKER: u64 = 20_000;
+
 /// Writes the devnet's genesis: every node gets a balance and a worker's stake, the first
 /// `validators` a validator's stake and a consensus endpoint. Returns each node's ledger flags.
 fn write_genesis(base: &Path, n: usize, validators: usize) -> Result<Vec<Vec<String>>> {
@@ -667,6 +671,9 @@ fn write_genesis(base: &Path, n: usize, validators: usize) -> Result<Vec<Vec<Str
             vec![
                 format!("--genesis={}", args.out.display()),
                 format!("--consensus-listen=127.0.0.1:{}", ports[i]),
+                // Jobs are paid from credit lines (opened once per worker), not from an escrow
+                // per job: they start without waiting for a block.
+                format!("--credit-per-worker={CREDIT_PER_WORKER}"),
             ]
         })
         .collect())

@@ -96,6 +96,24 @@ async fn wait_for_mesh(all: &[String]) {
     tokio::time::sleep(Duration::from_millis(2500)).await;
 }
 
+/// With a ledger: waits (up to 30 s) until every submitter holds a credit line to each of the
+/// `want` other nodes, so that jobs are paid from lines and wait for no block.
+async fn wait_for_credit_lines(apis: &[String], want: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        let mut ok = true;
+        for a in apis {
+            let Ok(api) = connect(a) else { return };
+            ok &= api.wallet().await.is_ok_and(|w| w.credit_lines >= want);
+        }
+        if ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("not every submitter has a credit line to every worker after 30 s; going on");
+}
+
 async fn one(
     api: Client,
     i: usize,
@@ -146,6 +164,7 @@ pub async fn drive(
     all: Vec<String>,
     n: usize,
     redundancy: u8,
+    ledger: bool,
     progress: std::sync::Arc<Progress>,
 ) -> Result<Summary> {
     // Reference outputs, computed here in the same sandbox the workers use.
@@ -157,6 +176,9 @@ pub async fn drive(
     })
     .await??;
     wait_for_mesh(&all).await;
+    if ledger {
+        wait_for_credit_lines(&apis, all.len().saturating_sub(1) as u64).await;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for (i, exp) in expected.into_iter().enumerate() {
         let api = connect(&apis[i % apis.len()])?;

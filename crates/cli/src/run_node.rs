@@ -33,6 +33,7 @@ fn flag_layer(a: &NodeArgs) -> Result<FileConfig> {
         block_time_ms: a.block_time_ms,
         authorization: a.authorization.clone(),
         allow_list: nonempty(&a.allow_list),
+        credit_per_worker: a.credit_per_worker,
         ..FileConfig::default()
     })
 }

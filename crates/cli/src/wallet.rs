@@ -158,6 +158,27 @@ fn describe(e: &LedgerEvent) -> String {
         ),
         LedgerEvent::Minted { to, amount } => format!("minted {amount} for {to}"),
         LedgerEvent::Burned { account, amount } => format!("burned {amount} of {account}"),
+        LedgerEvent::CreditOpened {
+            owner,
+            worker,
+            amount,
+        } => format!("credit line of {owner} to {worker} +{amount}"),
+        LedgerEvent::CreditClosing {
+            owner,
+            worker,
+            after_ms,
+        } => format!("credit line of {owner} to {worker} closing (returns after {after_ms})"),
+        LedgerEvent::CreditClosed {
+            owner,
+            worker,
+            amount,
+        } => format!("credit line of {owner} to {worker} closed, {amount} returned"),
+        LedgerEvent::CreditShort {
+            job_id,
+            worker,
+            price,
+            paid,
+        } => format!("job {job_id}: {worker} paid {paid} of {price} (late or short line)"),
     }
 }
 

@@ -56,6 +56,13 @@
 //! compile in time ends with [`ExecError::CompileTime`], a machine-dependent
 //! limit that the market never counts against the worker.
 //!
+//! **ONNX.** The second runtime: [`OnnxEngine`] runs ONNX models in tract (pure Rust) on
+//! `.npy` tensors, with a bounded cache of compiled plans, sizes checked before anything is
+//! parsed, the input's dtype and shape checked against the model, and wall time and live tensor
+//! memory checked between operators ([`OnnxLimits`]). Inference is not bit-identical across
+//! CPUs, so replicas compare outputs through a [`Compare`] rule ([`canonicalize`]). [`Pool`]
+//! runs ONNX jobs on the same slots as WebAssembly jobs ([`Pool::run_onnx`]).
+//!
 //! What this crate does *not* defend against: host-side bookkeeping memory of
 //! wasmtime is not counted against [`Limits::memory_bytes`], and side channels
 //! between jobs on the same machine are out of scope.
@@ -63,6 +70,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod onnx;
 mod pool;
 mod sandbox;
 mod wasi;
@@ -74,6 +82,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ExecError;
+pub use onnx::{
+    Compare, Dtype, MAX_NPY_HEADER_BYTES, MAX_ONNX_COMPILATIONS, MAX_RANK, MAX_ROUND_DIGITS,
+    ModelInfo, ONNX_CACHE_CAPACITY, OnnxEngine, OnnxJob, OnnxLimits, OnnxOutcome, TensorInfo,
+    canonicalize,
+};
 pub use pool::{DEFAULT_QUEUE, Pool, default_slots};
 pub use sandbox::{MAX_COMPILATIONS, MAX_MODULE_BYTES, MODULE_CACHE_CAPACITY, Sandbox};
 pub use wasi::FIXED_WALL_CLOCK_SECS;

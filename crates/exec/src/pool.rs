@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::{ExecError, Job, Outcome, Sandbox};
+use crate::{ExecError, Job, OnnxEngine, OnnxJob, OnnxOutcome, Outcome, Sandbox};
 
 /// Default number of jobs allowed to wait for a slot.
 pub const DEFAULT_QUEUE: usize = 64;
@@ -17,6 +17,7 @@ pub fn default_slots() -> usize {
 
 struct Inner {
     sandbox: Sandbox,
+    onnx: OnnxEngine,
     permits: Arc<Semaphore>,
     slots: usize,
     queue: usize,
@@ -24,6 +25,9 @@ struct Inner {
 }
 
 /// Runs jobs from async code on a bounded number of blocking threads.
+///
+/// WebAssembly jobs ([`Pool::run`]) and ONNX jobs ([`Pool::run_onnx`]) share the slots and the
+/// queue: a slot is a core, whatever runs on it.
 ///
 /// At most `slots` jobs execute at once (each on a
 /// `tokio::task::spawn_blocking` thread, so the async runtime is never
@@ -60,12 +64,19 @@ impl Drop for Waiting<'_> {
 
 impl Pool {
     /// A pool of `slots` executors (at least 1) with room for `queue` waiting
-    /// jobs. See [`default_slots`] and [`DEFAULT_QUEUE`] for the usual values.
+    /// jobs, with a new [`OnnxEngine`] for ONNX jobs. See [`default_slots`] and
+    /// [`DEFAULT_QUEUE`] for the usual values.
     pub fn new(sandbox: Sandbox, slots: usize, queue: usize) -> Self {
+        Self::with_onnx(sandbox, OnnxEngine::new(), slots, queue)
+    }
+
+    /// [`Pool::new`] with a given [`OnnxEngine`] (to share its plan cache).
+    pub fn with_onnx(sandbox: Sandbox, onnx: OnnxEngine, slots: usize, queue: usize) -> Self {
         let slots = slots.max(1);
         Self {
             inner: Arc::new(Inner {
                 sandbox,
+                onnx,
                 permits: Arc::new(Semaphore::new(slots)),
                 slots,
                 queue,
@@ -82,9 +93,34 @@ impl Pool {
     /// Runs `job` on a free slot, waiting for one if needed; fails with
     /// [`ExecError::Busy`] when all slots are taken and the queue is full.
     pub async fn run(&self, job: Job) -> Result<Outcome, ExecError> {
+        let permit = self.slot().await?;
+        let sandbox = self.inner.sandbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            sandbox.run_blocking(&job)
+        })
+        .await
+        .map_err(|e| ExecError::Internal(format!("executor task failed: {e}")))?
+    }
+
+    /// Runs an ONNX `job` on a free slot, as [`Pool::run`] does a WebAssembly job (same slots,
+    /// same queue, same [`ExecError::Busy`]).
+    pub async fn run_onnx(&self, job: OnnxJob) -> Result<OnnxOutcome, ExecError> {
+        let permit = self.slot().await?;
+        let onnx = self.inner.onnx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            onnx.run_blocking(&job)
+        })
+        .await
+        .map_err(|e| ExecError::Internal(format!("executor task failed: {e}")))?
+    }
+
+    /// A slot: free now, or after waiting in the queue; `Busy` when the queue is full.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, ExecError> {
         let inner = &self.inner;
-        let permit = match inner.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
+        match inner.permits.clone().try_acquire_owned() {
+            Ok(permit) => Ok(permit),
             Err(TryAcquireError::NoPermits) => {
                 if inner.waiting.fetch_add(1, Ordering::AcqRel) >= inner.queue {
                     inner.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -96,19 +132,10 @@ impl Pool {
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|_| ExecError::Internal("executor pool closed".into()))?
+                    .map_err(|_| ExecError::Internal("executor pool closed".into()))
             }
-            Err(TryAcquireError::Closed) => {
-                return Err(ExecError::Internal("executor pool closed".into()));
-            }
-        };
-        let sandbox = inner.sandbox.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            sandbox.run_blocking(&job)
-        })
-        .await
-        .map_err(|e| ExecError::Internal(format!("executor task failed: {e}")))?
+            Err(TryAcquireError::Closed) => Err(ExecError::Internal("executor pool closed".into())),
+        }
     }
 
     /// Number of slots not executing a job right now.
@@ -124,5 +151,10 @@ impl Pool {
     /// The sandbox this pool runs jobs in.
     pub fn sandbox(&self) -> &Sandbox {
         &self.inner.sandbox
+    }
+
+    /// The engine this pool runs ONNX jobs with.
+    pub fn onnx(&self) -> &OnnxEngine {
+        &self.inner.onnx
     }
 }

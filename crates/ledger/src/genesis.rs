@@ -27,6 +27,13 @@ pub struct Params {
     pub refund_after_blocks: u64,
     /// The most transactions in one block.
     pub max_block_txs: usize,
+    /// How long after a worker signed its result a settlement from a credit line may still pay
+    /// it, in ms of block time. A worker counts a credit job against the line until it is paid or
+    /// this has passed, so the line can never owe more than it holds (ARCHITECTURE.md, "Credit
+    /// lines"). A closing line stays open twice this long.
+    pub credit_settle_ms: u64,
+    /// The most credit lines one account may hold open.
+    pub max_credit_lines: usize,
 }
 
 impl Default for Params {
@@ -38,6 +45,8 @@ impl Default for Params {
             unbonding_blocks: 100,
             refund_after_blocks: 600,
             max_block_txs: 10_000,
+            credit_settle_ms: 600_000,
+            max_credit_lines: 256,
         }
     }
 }

@@ -43,6 +43,7 @@ pub use agora_types::ledger::{
 pub use genesis::{Genesis, GenesisAccount, GenesisError, Params};
 pub use mempool::{Mempool, MempoolError, PROPOSAL_BUDGET_BYTES};
 pub use state::{
-    Account, BlockError, BlockReceipt, Escrow, Event, Ledger, Receipt, Totals, TxError, Unbonding,
+    Account, BlockError, BlockReceipt, Credit, Escrow, Event, Ledger, Receipt, Totals, TxError,
+    Unbonding,
 };
 pub use validators::Validator;

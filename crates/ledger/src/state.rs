@@ -64,6 +64,16 @@ pub struct Escrow {
     pub refund_height: u64,
 }
 
+/// Tokens a submitter locked for one worker, that the submitter's credit jobs draw on when they
+/// are settled (`TxKind::CreditOpen`; ARCHITECTURE.md, "Credit lines").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Credit {
+    /// What is left on the line.
+    pub amount: u64,
+    /// Set once the owner closes it: from this block time (ms) on, what is left returns.
+    pub closing_after_ms: Option<u64>,
+}
+
 /// Something a transaction did, for the node (reputation, the market) and for people.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -144,6 +154,45 @@ pub enum Event {
         to: AccountId,
         /// How much.
         amount: u64,
+    },
+    /// A credit line was opened or topped up.
+    CreditOpened {
+        /// The submitter.
+        owner: AccountId,
+        /// The worker.
+        worker: AccountId,
+        /// How much was added.
+        amount: u64,
+    },
+    /// A credit line started closing.
+    CreditClosing {
+        /// The submitter.
+        owner: AccountId,
+        /// The worker.
+        worker: AccountId,
+        /// From this block time on, what is left returns to the owner.
+        after_ms: u64,
+    },
+    /// A closed credit line's rest returned to its owner.
+    CreditClosed {
+        /// The submitter.
+        owner: AccountId,
+        /// The worker.
+        worker: AccountId,
+        /// How much returned.
+        amount: u64,
+    },
+    /// A credit job's worker was not paid: its result is older than `credit_settle_ms`, or its
+    /// line held less than its price (it was paid what was left).
+    CreditShort {
+        /// The job.
+        job_id: JobId,
+        /// The worker.
+        worker: AccountId,
+        /// What it signed for.
+        price: u64,
+        /// What it was paid.
+        paid: u64,
     },
     /// Tokens destroyed.
     Burned {
@@ -297,6 +346,12 @@ pub struct Ledger {
     last_block_ms: u64,
     accounts: BTreeMap<AccountId, Account>,
     escrows: BTreeMap<JobId, Escrow>,
+    /// Credit lines, by (owner, worker).
+    #[serde(default)]
+    credits: BTreeMap<(AccountId, AccountId), Credit>,
+    /// The time of the block being applied (its proposer's, never before the last block's).
+    #[serde(default)]
+    block_ms: u64,
     /// Jobs whose escrow was settled or refunded: their id can never be locked again.
     closed: BTreeSet<JobId>,
     /// Evidence already used, so that one offence is slashed once.
@@ -312,6 +367,7 @@ struct Committed<'a> {
     height: u64,
     accounts: &'a BTreeMap<AccountId, Account>,
     escrows: &'a BTreeMap<JobId, Escrow>,
+    credits: &'a BTreeMap<(AccountId, AccountId), Credit>,
     closed: &'a BTreeSet<JobId>,
     used_evidence: &'a BTreeSet<Hash>,
     validators: &'a [Validator],
@@ -362,6 +418,8 @@ impl Ledger {
             last_block_ms: genesis.genesis_time_ms,
             accounts,
             escrows: BTreeMap::new(),
+            credits: BTreeMap::new(),
+            block_ms: genesis.genesis_time_ms,
             closed: BTreeSet::new(),
             used_evidence: BTreeSet::new(),
             validators: Vec::new(),
@@ -414,6 +472,23 @@ impl Ledger {
         self.escrows.iter()
     }
 
+    /// The credit line from `owner` to `worker`, if open.
+    pub fn credit_line(&self, owner: &AccountId, worker: &AccountId) -> Option<&Credit> {
+        self.credits.get(&(*owner, *worker))
+    }
+
+    /// Every credit line `owner` holds, by worker.
+    pub fn credits_of(&self, owner: &AccountId) -> impl Iterator<Item = (&AccountId, &Credit)> {
+        let from = (*owner, AccountId([0; 32]));
+        let to = (*owner, AccountId([0xff; 32]));
+        self.credits.range(from..=to).map(|((_, w), c)| (w, c))
+    }
+
+    /// Every credit line, as ((owner, worker), line).
+    pub fn credits(&self) -> impl Iterator<Item = (&(AccountId, AccountId), &Credit)> {
+        self.credits.iter()
+    }
+
     /// Whether a job's escrow was settled or refunded.
     pub fn is_closed(&self, job_id: &JobId) -> bool {
         self.closed.contains(job_id)
@@ -441,13 +516,18 @@ impl Ledger {
             .is_some_and(|a| !a.banned && a.stake >= self.params.min_bid_stake)
     }
 
-    /// Every token held anywhere: balances, stakes, unbonding stake and escrows.
+    /// Every token held anywhere: balances, stakes, unbonding stake, escrows and credit lines.
     pub fn circulating(&self) -> u128 {
         self.accounts.values().map(Account::holdings).sum::<u128>()
             + self
                 .escrows
                 .values()
                 .map(|e| u128::from(e.amount))
+                .sum::<u128>()
+            + self
+                .credits
+                .values()
+                .map(|c| u128::from(c.amount))
                 .sum::<u128>()
     }
 
@@ -468,6 +548,7 @@ impl Ledger {
             height: self.height,
             accounts: &self.accounts,
             escrows: &self.escrows,
+            credits: &self.credits,
             closed: &self.closed,
             used_evidence: &self.used_evidence,
             validators: &self.validators,
@@ -537,8 +618,10 @@ impl Ledger {
             });
         }
         let height = block.height;
+        self.block_ms = block.time_ms.max(self.last_block_ms);
         let mut events = Vec::new();
         self.release_unbonded(height, &mut events);
+        self.release_closed_credits(height, &mut events);
         let mut receipts = Vec::with_capacity(block.txs.len());
         for tx in &block.txs {
             let error = match self.apply_tx_checked(tx, height, verified(tx)) {
@@ -593,6 +676,31 @@ impl Ledger {
                     },
                 ));
             }
+        }
+    }
+
+    fn release_closed_credits(&mut self, height: u64, events: &mut Vec<(u64, Event)>) {
+        let now = self.block_ms;
+        let due: Vec<(AccountId, AccountId)> = self
+            .credits
+            .iter()
+            .filter(|(_, c)| c.closing_after_ms.is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for (owner, worker) in due {
+            let Some(c) = self.credits.remove(&(owner, worker)) else {
+                continue;
+            };
+            let account = self.accounts.entry(owner).or_default();
+            account.balance = account.balance.saturating_add(c.amount);
+            events.push((
+                height,
+                Event::CreditClosed {
+                    owner,
+                    worker,
+                    amount: c.amount,
+                },
+            ));
         }
     }
 
@@ -803,6 +911,68 @@ impl Ledger {
                     amount,
                 }])
             }
+            TxKind::CreditOpen { worker, amount } => {
+                nonzero(*amount)?;
+                if *worker == sender {
+                    return Err(TxError::NotAllowed(
+                        "a credit line is for another account".into(),
+                    ));
+                }
+                let key = (sender, *worker);
+                match self.credits.get(&key) {
+                    Some(c) if c.closing_after_ms.is_some() => {
+                        return Err(TxError::NotAllowed(
+                            "this credit line is closing; open it again once it has closed".into(),
+                        ));
+                    }
+                    Some(c) if c.amount.checked_add(*amount).is_none() => {
+                        return Err(TxError::Amount("the line would overflow".into()));
+                    }
+                    Some(_) => {}
+                    None => {
+                        let open = self.credits_of(&sender).count();
+                        if open >= self.params.max_credit_lines {
+                            return Err(TxError::NotAllowed(format!(
+                                "{open} credit lines are open, the most one account may hold;                                  close one first"
+                            )));
+                        }
+                    }
+                }
+                self.need_balance(&sender, *amount)?;
+                self.debit(&sender, *amount);
+                let line = self.credits.entry(key).or_insert(Credit {
+                    amount: 0,
+                    closing_after_ms: None,
+                });
+                line.amount += amount;
+                Ok(vec![Event::CreditOpened {
+                    owner: sender,
+                    worker: *worker,
+                    amount: *amount,
+                }])
+            }
+            TxKind::CreditClose { worker } => {
+                let after_ms = self
+                    .block_ms
+                    .saturating_add(self.params.credit_settle_ms.saturating_mul(2));
+                let line = self.credits.get_mut(&(sender, *worker)).ok_or_else(|| {
+                    TxError::NotAllowed(format!("no credit line to {worker} is open"))
+                })?;
+                if line.closing_after_ms.is_some() {
+                    return Err(TxError::NotAllowed("the line is already closing".into()));
+                }
+                line.closing_after_ms = Some(after_ms);
+                Ok(vec![Event::CreditClosing {
+                    owner: sender,
+                    worker: *worker,
+                    after_ms,
+                }])
+            }
+            TxKind::SettleCredit {
+                job,
+                quorum,
+                minority,
+            } => self.settle_credit(job, quorum, minority),
             TxKind::Slash { evidence } => self.slash_with_evidence(evidence),
             TxKind::Mint { to, amount } => {
                 nonzero(*amount)?;
@@ -849,6 +1019,130 @@ impl Ledger {
             .get(&job_id)
             .ok_or_else(|| TxError::Escrow(format!("job {} has no open escrow", job_id.short())))?
             .clone();
+        check_quorum(
+            job_id,
+            escrow.max_price,
+            escrow.redundancy,
+            quorum,
+            minority,
+        )?;
+        let total: u128 = quorum.iter().map(|r| u128::from(r.payload.price)).sum();
+        if total > u128::from(escrow.amount) {
+            return Err(TxError::Escrow(format!(
+                "the quorum's prices ({total}) exceed the escrow ({})",
+                escrow.amount
+            )));
+        }
+        // Every check passed: pay, slash, refund.
+        let mut events = Vec::new();
+        for r in quorum {
+            let worker = AccountId(r.signer);
+            self.credit(worker, r.payload.price)?;
+            self.totals.paid += u128::from(r.payload.price);
+            events.push(Event::Paid {
+                job_id,
+                worker,
+                amount: r.payload.price,
+            });
+        }
+        for r in minority {
+            events.push(self.slash(AccountId(r.signer), Offence::InvalidCompute, Some(job_id)));
+        }
+        let rest = escrow.amount - total as u64;
+        if rest > 0 {
+            self.credit(escrow.owner, rest)?;
+            self.totals.refunded += u128::from(rest);
+            events.push(Event::Refunded {
+                job_id,
+                owner: escrow.owner,
+                amount: rest,
+            });
+        }
+        self.escrows.remove(&job_id);
+        self.closed.insert(job_id);
+        self.totals.settled_jobs += 1;
+        Ok(events)
+    }
+
+    /// Pays a credit job's quorum from its submitter's lines, one per worker, and slashes its
+    /// minority. A worker is paid only for a result signed at most `credit_settle_ms` before the
+    /// block and only what its line holds (each shortfall is a `CreditShort` event; a worker that
+    /// follows the admission rule never sees one).
+    fn settle_credit(
+        &mut self,
+        job: &agora_types::job::SignedJob,
+        quorum: &[Signed<WorkResult>],
+        minority: &[Signed<WorkResult>],
+    ) -> Result<Vec<Event>, TxError> {
+        job.verify()
+            .map_err(|e| TxError::Evidence(format!("the job's signature: {e}")))?;
+        let job_id = agora_types::job::job_id(job);
+        let spec = &job.payload;
+        if !spec.credit {
+            return Err(TxError::Escrow(
+                "the job is not a credit job; settle it from its escrow (`Settle`)".into(),
+            ));
+        }
+        if self.closed.contains(&job_id) || self.escrows.contains_key(&job_id) {
+            return Err(TxError::Escrow(format!(
+                "job {} is settled already or has an escrow",
+                job_id.short()
+            )));
+        }
+        check_quorum(job_id, spec.max_price, spec.redundancy, quorum, minority)?;
+        let owner = AccountId(job.signer);
+        let mut events = Vec::new();
+        for r in quorum {
+            let worker = AccountId(r.signer);
+            let price = r.payload.price;
+            let in_time =
+                self.block_ms <= r.timestamp_ms.saturating_add(self.params.credit_settle_ms);
+            let paid = match self.credits.get_mut(&(owner, worker)) {
+                Some(line) if in_time => {
+                    let paid = price.min(line.amount);
+                    line.amount -= paid;
+                    paid
+                }
+                _ => 0,
+            };
+            if paid > 0 {
+                self.credit(worker, paid)?;
+                self.totals.paid += u128::from(paid);
+                events.push(Event::Paid {
+                    job_id,
+                    worker,
+                    amount: paid,
+                });
+            }
+            if paid < price {
+                events.push(Event::CreditShort {
+                    job_id,
+                    worker,
+                    price,
+                    paid,
+                });
+            }
+        }
+        for r in minority {
+            events.push(self.slash(AccountId(r.signer), Offence::InvalidCompute, Some(job_id)));
+        }
+        self.closed.insert(job_id);
+        self.totals.settled_jobs += 1;
+        Ok(events)
+    }
+}
+
+/// The checks every settlement makes of its evidence: 1 to [`MAX_EVIDENCE`] results, all for
+/// `job_id`, verified, one per worker, none machine-dependent, the quorum agreeing, the minority
+/// not, a strict majority of at least `majority(redundancy)`, no price above `max_price`.
+fn check_quorum(
+    job_id: JobId,
+    max_price: u64,
+    redundancy: u8,
+    quorum: &[Signed<WorkResult>],
+    minority: &[Signed<WorkResult>],
+) -> Result<(), TxError> {
+    {
         if quorum.is_empty() || quorum.len() + minority.len() > MAX_EVIDENCE {
             return Err(TxError::Evidence(format!(
                 "a settlement carries 1 to {MAX_EVIDENCE} results"
@@ -893,7 +1187,7 @@ impl Ledger {
                 "a minority result agrees with the quorum".into(),
             ));
         }
-        let need = majority(escrow.redundancy);
+        let need = majority(redundancy);
         if quorum.len() < need || quorum.len() <= minority.len() {
             return Err(TxError::Evidence(format!(
                 "{} agreeing results against {} is no quorum (needs {need} and a strict majority)",
@@ -901,53 +1195,17 @@ impl Ledger {
                 minority.len()
             )));
         }
-        let mut total: u128 = 0;
-        for r in quorum {
-            if r.payload.price > escrow.max_price {
-                return Err(TxError::Evidence(format!(
-                    "a worker signed price {} above the job's maximum {}",
-                    r.payload.price, escrow.max_price
-                )));
-            }
-            total += u128::from(r.payload.price);
-        }
-        if total > u128::from(escrow.amount) {
-            return Err(TxError::Escrow(format!(
-                "the quorum's prices ({total}) exceed the escrow ({})",
-                escrow.amount
+        if let Some(r) = quorum.iter().find(|r| r.payload.price > max_price) {
+            return Err(TxError::Evidence(format!(
+                "a worker signed price {} above the job's maximum {max_price}",
+                r.payload.price
             )));
         }
-        // Every check passed: pay, slash, refund.
-        let mut events = Vec::new();
-        for r in quorum {
-            let worker = AccountId(r.signer);
-            self.credit(worker, r.payload.price)?;
-            self.totals.paid += u128::from(r.payload.price);
-            events.push(Event::Paid {
-                job_id,
-                worker,
-                amount: r.payload.price,
-            });
-        }
-        for r in minority {
-            events.push(self.slash(AccountId(r.signer), Offence::InvalidCompute, Some(job_id)));
-        }
-        let rest = escrow.amount - total as u64;
-        if rest > 0 {
-            self.credit(escrow.owner, rest)?;
-            self.totals.refunded += u128::from(rest);
-            events.push(Event::Refunded {
-                job_id,
-                owner: escrow.owner,
-                amount: rest,
-            });
-        }
-        self.escrows.remove(&job_id);
-        self.closed.insert(job_id);
-        self.totals.settled_jobs += 1;
-        Ok(events)
+        Ok(())
     }
+}
 
+impl Ledger {
     /// Burns the offence's share of `offender`'s bonded and unbonding stake.
     fn slash(&mut self, offender: AccountId, offence: Offence, job_id: Option<JobId>) -> Event {
         let account = self.accounts.entry(offender).or_default();

@@ -34,6 +34,8 @@ fn genesis() -> Genesis {
             unbonding_blocks: 3,
             refund_after_blocks: 5,
             max_block_txs: 100,
+            credit_settle_ms: 1_000,
+            max_credit_lines: 4,
         },
         mint_authority: Some(key(0).public().to_peer_id().to_string()),
         max_supply: 10_000_000,
@@ -92,6 +94,9 @@ enum Op {
     Refund(u8),
     Mint(usize, usize, u64),
     Burn(usize, u64),
+    CreditOpen(usize, usize, u64),
+    CreditClose(usize, usize),
+    SettleCredit(usize, u8, bool),
     BadSignature(usize),
     Replay,
     EndBlock,
@@ -108,6 +113,9 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..8).prop_map(Op::Refund),
         (0..2usize, 0..N, 0u64..3_000_000).prop_map(|(a, b, x)| Op::Mint(a, b, x)),
         (who.clone(), 0u64..1_000).prop_map(|(a, x)| Op::Burn(a, x)),
+        (who.clone(), 0..N, 0u64..2_000).prop_map(|(a, w, x)| Op::CreditOpen(a, w, x)),
+        (who.clone(), 0..N).prop_map(|(a, w)| Op::CreditClose(a, w)),
+        (who.clone(), 0u8..8, any::<bool>()).prop_map(|(a, j, m)| Op::SettleCredit(a, j, m)),
         who.prop_map(Op::BadSignature),
         Just(Op::Replay),
         Just(Op::EndBlock),
@@ -118,6 +126,25 @@ fn job(j: u8) -> Hash {
     Hash::of(&[j])
 }
 
+/// Job `j` of submitter `a`, paid from its credit lines, redundancy 3, max price 300.
+fn credit_job(a: usize, j: u8) -> agora_types::job::SignedJob {
+    let spec = agora_types::job::JobSpec {
+        module: Hash::of(b"m"),
+        module_size: 1,
+        input: Hash::of(&[j]),
+        input_size: 1,
+        args: vec![],
+        limits: Default::default(),
+        capabilities: vec!["wasm".into()],
+        redundancy: 3,
+        max_price: 300,
+        deadline_ms: 0,
+        nonce: u64::from(j),
+        credit: true,
+    };
+    Signed::sign(&key(a), spec, 1).unwrap()
+}
+
 /// Runs `ops` as blocks; returns the ledger and every block applied.
 fn run(ops: &[Op]) -> (Ledger, Vec<Block>) {
     let mut ledger = Ledger::from_genesis(&genesis()).unwrap();
@@ -126,9 +153,10 @@ fn run(ops: &[Op]) -> (Ledger, Vec<Block>) {
     let mut txs: Vec<SignedTx> = Vec::new();
     let mut last: Option<SignedTx> = None;
     let seal = |ledger: &mut Ledger, txs: &mut Vec<SignedTx>, blocks: &mut Vec<Block>| {
+        // Block time moves 300 ms a block, so credit lines close and late results lapse.
         let block = Block {
             height: ledger.height() + 1,
-            time_ms: 0,
+            time_ms: (ledger.height() + 1) * 300,
             txs: std::mem::take(txs),
         };
         ledger.apply_block(&block).unwrap();
@@ -192,6 +220,32 @@ fn run(ops: &[Op]) -> (Ledger, Vec<Block>) {
                 },
             )),
             Op::Burn(a, x) => Some(signer.tx(*a, TxKind::Burn { amount: *x })),
+            Op::CreditOpen(a, w, x) => Some(signer.tx(
+                *a,
+                TxKind::CreditOpen {
+                    worker: acct(*w),
+                    amount: *x,
+                },
+            )),
+            Op::CreditClose(a, w) => Some(signer.tx(*a, TxKind::CreditClose { worker: acct(*w) })),
+            Op::SettleCredit(a, j, with_minority) => {
+                let job = credit_job(*a, *j);
+                let id = agora_types::job::job_id(&job);
+                let quorum = vec![result(4, id, "a", 200), result(5, id, "a", 250)];
+                let minority = if *with_minority {
+                    vec![result(3, id, "b", 10)]
+                } else {
+                    vec![]
+                };
+                Some(signer.tx(
+                    1,
+                    TxKind::SettleCredit {
+                        job: Box::new(job),
+                        quorum,
+                        minority,
+                    },
+                ))
+            }
             Op::BadSignature(a) => {
                 let mut tx = sign_tx(*a, signer.nonces[*a], TxKind::Burn { amount: 1 });
                 tx.payload.kind = TxKind::Burn { amount: 2 };
@@ -750,4 +804,153 @@ fn a_proposal_stays_within_its_byte_budget() {
         vec![0, 1, 2]
     );
     assert_eq!(m.take_within(&l, 100, usize::MAX).len(), 10);
+}
+
+#[test]
+fn credit_lines_pay_each_worker_from_its_own_line_once_and_close_late() {
+    let mut l = fresh();
+    let mut signer = Signer { nonces: [0; N] };
+    let open = |s: &mut Signer, w: usize, amount: u64| {
+        s.tx(
+            0,
+            TxKind::CreditOpen {
+                worker: acct(w),
+                amount,
+            },
+        )
+    };
+    let r = block(
+        &mut l,
+        vec![open(&mut signer, 4, 1_000), open(&mut signer, 5, 100)],
+    );
+    assert!(r.receipts.iter().all(|x| x.error.is_none()), "{r:?}");
+    assert_eq!(l.credit_line(&acct(0), &acct(4)).unwrap().amount, 1_000);
+    assert_eq!(l.account(&acct(0)).unwrap().balance, 100_000 - 1_100);
+    assert!(l.supply_conserved());
+    // A self-line is refused.
+    let r = block(&mut l, vec![open(&mut signer, 0, 1)]);
+    assert!(
+        r.receipts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("another account")
+    );
+    // The job of account 0 is settled by anyone (here account 2): worker 4 is paid 200 from its
+    // line; worker 5's line holds only 100 of its 250: it is paid 100 and the shortfall is an
+    // event. Worker 3, outvoted, is slashed.
+    let job = credit_job(0, 1);
+    let id = agora_types::job::job_id(&job);
+    let settle = |s: &mut Signer, minority: Vec<Signed<WorkResult>>| {
+        s.tx(
+            2,
+            TxKind::SettleCredit {
+                job: Box::new(job.clone()),
+                quorum: vec![result(4, id, "a", 200), result(5, id, "a", 250)],
+                minority,
+            },
+        )
+    };
+    let before = l.account(&acct(4)).unwrap().balance;
+    let r = block(
+        &mut l,
+        vec![settle(&mut signer, vec![result(3, id, "b", 10)])],
+    );
+    assert!(r.receipts[0].error.is_none(), "{r:?}");
+    assert_eq!(l.account(&acct(4)).unwrap().balance, before + 200);
+    assert_eq!(l.credit_line(&acct(0), &acct(4)).unwrap().amount, 800);
+    assert_eq!(l.credit_line(&acct(0), &acct(5)).unwrap().amount, 0);
+    assert!(r.events.iter().any(|(_, e)| matches!(
+        e,
+        Event::CreditShort {
+            paid: 100,
+            price: 250,
+            ..
+        }
+    )));
+    assert!(
+        r.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Slashed { .. }))
+    );
+    assert!(l.is_closed(&id));
+    assert!(l.supply_conserved());
+    // Never twice.
+    let r = block(&mut l, vec![settle(&mut signer, vec![])]);
+    assert!(
+        r.receipts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("settled already")
+    );
+    // A job that is not a credit job, or a forged one, is refused.
+    let mut plain = credit_job(0, 2);
+    plain.payload.credit = false;
+    let forged = plain.clone();
+    let r = block(
+        &mut l,
+        vec![signer.tx(
+            2,
+            TxKind::SettleCredit {
+                job: Box::new(forged),
+                quorum: vec![result(4, id, "a", 1)],
+                minority: vec![],
+            },
+        )],
+    );
+    assert!(
+        r.receipts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("signature"),
+        "{r:?}"
+    );
+    // A result signed more than `credit_settle_ms` (1 s here) before the block pays nothing.
+    let late_job = credit_job(0, 3);
+    let late_id = agora_types::job::job_id(&late_job);
+    let b = Block {
+        height: l.height() + 1,
+        time_ms: 5_000,
+        txs: vec![signer.tx(
+            2,
+            TxKind::SettleCredit {
+                job: Box::new(late_job),
+                quorum: vec![result(4, late_id, "a", 200), result(5, late_id, "a", 1)],
+                minority: vec![],
+            },
+        )],
+    };
+    let r = l.apply_block(&b).unwrap();
+    assert!(r.receipts[0].error.is_none(), "{r:?}");
+    assert_eq!(l.credit_line(&acct(0), &acct(4)).unwrap().amount, 800);
+    // Closing: the rest returns only after 2 x credit_settle_ms of block time.
+    let r = block(
+        &mut l,
+        vec![signer.tx(0, TxKind::CreditClose { worker: acct(4) })],
+    );
+    assert!(r.receipts[0].error.is_none(), "{r:?}");
+    let Some(Event::CreditClosing { after_ms, .. }) = r
+        .events
+        .iter()
+        .map(|(_, e)| e)
+        .find(|e| matches!(e, Event::CreditClosing { .. }))
+        .cloned()
+    else {
+        panic!("no closing event: {r:?}");
+    };
+    assert_eq!(after_ms, 5_000 + 2_000);
+    let r = block(&mut l, vec![open(&mut signer, 4, 5)]);
+    assert!(r.receipts[0].error.as_deref().unwrap().contains("closing"));
+    let balance = l.account(&acct(0)).unwrap().balance;
+    let b = Block {
+        height: l.height() + 1,
+        time_ms: after_ms,
+        txs: vec![],
+    };
+    l.apply_block(&b).unwrap();
+    assert!(l.credit_line(&acct(0), &acct(4)).is_none());
+    assert_eq!(l.account(&acct(0)).unwrap().balance, balance + 800);
+    assert!(l.supply_conserved());
 }

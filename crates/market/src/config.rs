@@ -87,6 +87,24 @@ pub struct Config {
     /// Hold every submitted job in [`crate::JobState::AwaitingEscrow`] and ask for an escrow
     /// ([`crate::Output::LockEscrow`]) before announcing it. On when the node runs a ledger.
     pub require_escrow: bool,
+    /// The fast path: when the capability index holds enough fresh standing offers (ads at or
+    /// under the job's price, with a free slot) the job is leased to them directly, with no
+    /// announcement and no bid window; the auction is the fallback when there are too few or
+    /// they answer busy.
+    #[serde(default = "yes")]
+    pub direct_lease: bool,
+    /// How recent an ad must be, in ms, for its offer to be leased directly (older ads still
+    /// count for the auction and for [`crate::WaitReason`]s).
+    #[serde(default = "default_offer_age")]
+    pub direct_offer_age_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_offer_age() -> u64 {
+    Config::production().direct_offer_age_ms
 }
 
 impl Config {
@@ -101,6 +119,7 @@ impl Config {
             ad_ttl_ms: 15_000,
             heartbeat_ms: 1_000,
             busy_backoff_ms: 1_000,
+            direct_offer_age_ms: 5_000,
             ..Config::production()
         }
     }
@@ -126,6 +145,8 @@ impl Config {
             max_lease_factor: 8,
             busy_backoff_ms: 5_000,
             require_escrow: false,
+            direct_lease: true,
+            direct_offer_age_ms: 60_000,
         }
     }
 

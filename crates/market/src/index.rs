@@ -39,6 +39,11 @@ pub struct Availability {
     pub cheapest: Option<u64>,
 }
 
+/// Whether `value` is within an ad's `limit` (0: the ad says nothing).
+fn within(value: u64, limit: u64) -> bool {
+    limit == 0 || value <= limit
+}
+
 /// Peer capability ads, bounded and expiring.
 #[derive(Clone, Debug)]
 pub struct CapabilityIndex {
@@ -161,6 +166,34 @@ impl CapabilityIndex {
         a
     }
 
+    /// The standing offers that could take `spec` now, for the fast path: ads at most
+    /// `max_age_ms` old from peers not in `exclude` that offer every capability, enough memory, a
+    /// price at most the job's and a free slot, in peer id order.
+    pub fn offers<'a>(
+        &'a self,
+        spec: &'a JobSpec,
+        now: UnixMillis,
+        max_age_ms: u64,
+        exclude: &'a HashSet<PeerId>,
+    ) -> impl Iterator<Item = (&'a PeerId, &'a IndexEntry)> + 'a {
+        self.entries.iter().filter(move |(peer, e)| {
+            let ad = &e.ad;
+            self.fresh(e, now)
+                && now.saturating_sub(e.updated_ms) <= max_age_ms
+                && !exclude.contains(*peer)
+                && spec
+                    .capabilities
+                    .iter()
+                    .all(|c| ad.capabilities.iter().any(|o| o == c))
+                && ad.memory_bytes >= spec.limits.memory_bytes
+                && ad.price <= spec.max_price
+                && ad.free_slots > 0
+                && within(spec.input_size, ad.max_input_bytes)
+                && within(spec.module_size, ad.max_module_bytes)
+                && within(spec.limits.wall_time_ms, ad.max_wall_time_ms)
+        })
+    }
+
     /// `peer`'s entry, if known (lapsed or not).
     pub fn get(&self, peer: &PeerId) -> Option<&IndexEntry> {
         self.entries.get(peer)
@@ -199,6 +232,9 @@ pub(crate) mod tests {
             price,
             version: "0.1.0".into(),
             seq,
+            max_input_bytes: 0,
+            max_module_bytes: 0,
+            max_wall_time_ms: 0,
         }
     }
 
@@ -219,6 +255,7 @@ pub(crate) mod tests {
             max_price: 100,
             deadline_ms: 0,
             nonce: 1,
+            credit: false,
         }
     }
 

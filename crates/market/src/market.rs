@@ -132,6 +132,12 @@ pub enum Input {
     },
     /// The local user cancels a job.
     Cancel(JobId),
+    /// With a ledger: the peers holding the minimum stake a bidder needs, after each block. Only
+    /// they are leased directly from their ads (bids from the others are refused by the node).
+    Stakers(HashSet<PeerId>),
+    /// With a ledger: the workers this node holds an open credit line to, after each block. A
+    /// credit job is leased directly only to them (the worker checks the line's balance).
+    CreditLines(HashSet<PeerId>),
     /// Time passed: fire due timers. Send one at [`Market::next_deadline`].
     Tick,
 }
@@ -234,6 +240,10 @@ struct Ctx<'a> {
     reputation: &'a mut Reputation,
     index: &'a CapabilityIndex,
     load: &'a BTreeMap<PeerId, Load>,
+    /// The peers that may be leased work directly ([`Input::Stakers`]); `None`: every peer.
+    stakers: Option<&'a HashSet<PeerId>>,
+    /// The workers we hold a credit line to ([`Input::CreditLines`]).
+    credit_lines: &'a HashSet<PeerId>,
     fx: &'a mut Effects,
     now: UnixMillis,
 }
@@ -278,6 +288,14 @@ impl Ctx<'_> {
     }
 
     fn announce(&mut self, rec: &mut JobRecord) {
+        // The fast path is tried once, before any lease: after it, the auction.
+        if rec.announce_attempts == 0
+            && rec.leases.is_empty()
+            && self.config.direct_lease
+            && self.lease_direct(rec)
+        {
+            return;
+        }
         rec.announce_attempts = rec.announce_attempts.saturating_add(1);
         rec.last_announce_ms = self.now;
         rec.next_announce_ms = None;
@@ -295,6 +313,101 @@ impl Ctx<'_> {
             rec.announce_attempts, avail.free
         );
         self.log(rec, msg);
+    }
+
+    /// The fast path: leases `rec` straight to fresh standing offers (capability ads at or under
+    /// its price, with a free slot, from workers not saturated by us and, with a ledger, staked),
+    /// with no announcement and no bid window. Each offer stands in for the bid its worker would
+    /// make (the same price and slots; a worker bids its ad). Returns whether every replica
+    /// needed was leased; if not, the caller announces the job and the auction finds the rest.
+    fn lease_direct(&mut self, rec: &mut JobRecord) -> bool {
+        let needed = rec.needed();
+        if needed == 0 {
+            return false;
+        }
+        let mut exclude = rec.used_workers();
+        exclude.insert(self.local);
+        exclude.extend(self.saturated_peers(rec));
+        let floor = self.config.weights.reputation_floor;
+        let offers: Vec<BidRecord> = self
+            .index
+            .offers(
+                &rec.job.payload,
+                self.now,
+                self.config.direct_offer_age_ms,
+                &exclude,
+            )
+            .filter(|(p, _)| self.stakers.is_none_or(|s| s.contains(*p)))
+            .filter(|(p, _)| !rec.job.payload.credit || self.credit_lines.contains(*p))
+            .filter(|(p, _)| self.reputation.score(p) >= floor)
+            .map(|(p, e)| BidRecord {
+                worker: *p,
+                price: e.ad.price,
+                // The ad's free slots, less the leases we sent it since: our view of its load.
+                free_slots: e
+                    .ad
+                    .free_slots
+                    .saturating_sub(self.load.get(p).map_or(0, |l| l.ours)),
+                total_slots: e.ad.total_slots,
+                rtt_ms: None,
+                ip: e.ip,
+                received_ms: self.now,
+            })
+            .collect();
+        if offers.len() < needed {
+            return false;
+        }
+        let known = offers.len();
+        for o in offers {
+            if rec.bids.len() >= self.config.max_bids_per_job {
+                break;
+            }
+            if !rec.bids.iter().any(|b| b.worker == o.worker) {
+                rec.bids.push(o);
+            }
+        }
+        let msg = format!("{known} fresh standing offers known: leasing directly, no auction");
+        self.log(rec, msg);
+        self.lease_to_bidders(rec, needed);
+        rec.needed() == 0
+    }
+
+    /// Whether the best bids for `rec` are in: the `needed` best unused bids score at least as
+    /// well as any capable worker that has not bid yet could (its ad's price, its reputation,
+    /// the best latency and load), so waiting longer cannot improve the choice.
+    fn best_bids_in(&self, rec: &JobRecord) -> bool {
+        let needed = rec.needed();
+        if needed == 0 {
+            return true;
+        }
+        let max_price = rec.job.payload.max_price;
+        let w = &self.config.weights;
+        let mut exclude = rec.used_workers();
+        exclude.extend(self.saturated_peers(rec));
+        let infos: Vec<BidInfo> = rec.bids.iter().map(BidRecord::info).collect();
+        let ranked = select::rank(&rec.id, max_price, &infos, &exclude, &*self.reputation, w);
+        let Some(threshold) = ranked
+            .get(needed - 1)
+            .map(|b| select::score(b, max_price, self.reputation.score(&b.worker), w))
+        else {
+            return false;
+        };
+        exclude.insert(self.local);
+        exclude.extend(rec.bids.iter().map(|b| b.worker));
+        let mut outstanding = self
+            .index
+            .offers(&rec.job.payload, self.now, u64::MAX, &exclude);
+        !outstanding.any(|(p, e)| {
+            let best = BidInfo {
+                worker: *p,
+                price: e.ad.price,
+                free_slots: e.ad.total_slots,
+                total_slots: e.ad.total_slots,
+                rtt_ms: Some(0),
+                ip: e.ip,
+            };
+            select::score(&best, max_price, self.reputation.score(p), w) > threshold
+        })
     }
 
     fn lock_escrow(&mut self, rec: &mut JobRecord) {
@@ -408,7 +521,9 @@ impl Ctx<'_> {
         match rec.bid_window_closes_ms {
             Some(_) => {
                 let unused = self.unused_bids(rec);
-                if unused >= rec.needed() && unused >= rec.expected_bidders {
+                if unused >= rec.needed()
+                    && (unused >= rec.expected_bidders || self.best_bids_in(rec))
+                {
                     self.close_window(rec);
                 }
             }
@@ -466,9 +581,13 @@ impl Ctx<'_> {
             self.log(rec, msg);
         }
         if rec.next_announce_ms.is_none() {
-            let at = self
-                .now
-                .max(rec.last_announce_ms.saturating_add(rec.backoff_ms));
+            // A job leased directly and never announced gets its auction at once.
+            let at = if rec.announce_attempts == 0 {
+                self.now
+            } else {
+                self.now
+                    .max(rec.last_announce_ms.saturating_add(rec.backoff_ms))
+            };
             rec.next_announce_ms = Some(at);
             rec.backoff_ms = rec
                 .backoff_ms
@@ -938,6 +1057,10 @@ pub struct Market {
     /// each one's entry: [`Market::next_deadline`] and [`Input::Tick`] never scan all jobs.
     deadlines: BTreeSet<(UnixMillis, JobId)>,
     deadline_of: BTreeMap<JobId, (UnixMillis, JobId)>,
+    /// The peers holding the ledger's bidder stake, when the node runs a ledger.
+    stakers: Option<HashSet<PeerId>>,
+    /// The workers we hold an open credit line to.
+    credit_lines: HashSet<PeerId>,
 }
 
 /// How many queued jobs are tried when a worker frees a slot.
@@ -959,6 +1082,8 @@ impl Market {
             queued: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             deadline_of: BTreeMap::new(),
+            stakers: None,
+            credit_lines: HashSet::new(),
         }
     }
 
@@ -1129,6 +1254,8 @@ impl Market {
                     ctx.fail(rec, FailReason::Cancelled)
                 });
             }
+            Input::Stakers(set) => self.stakers = Some(set),
+            Input::CreditLines(set) => self.credit_lines = set,
             Input::Tick => {
                 self.index.expire(now);
                 let due: Vec<JobId> = self
@@ -1177,6 +1304,8 @@ impl Market {
             reputation: &mut self.reputation,
             index: &self.index,
             load: &self.load,
+            stakers: self.stakers.as_ref(),
+            credit_lines: &self.credit_lines,
             fx,
             now,
         };
@@ -1236,6 +1365,8 @@ impl Market {
             reputation: &mut self.reputation,
             index: &self.index,
             load: &self.load,
+            stakers: self.stakers.as_ref(),
+            credit_lines: &self.credit_lines,
             fx,
             now,
         };
@@ -1248,7 +1379,7 @@ impl Market {
         let deadline = rec.job.payload.deadline_ms;
         if deadline != 0 && now >= deadline {
             ctx.fail(&mut rec, FailReason::Deadline);
-        } else if ctx.config.require_escrow {
+        } else if ctx.config.require_escrow && !rec.job.payload.credit {
             ctx.lock_escrow(&mut rec);
         } else {
             ctx.announce(&mut rec);
@@ -1297,6 +1428,8 @@ impl Market {
                     reputation: &mut self.reputation,
                     index: &self.index,
                     load: &self.load,
+                    stakers: self.stakers.as_ref(),
+                    credit_lines: &self.credit_lines,
                     fx: &mut fx,
                     now,
                 };

@@ -16,8 +16,27 @@ fn signed(spec: JobSpec) -> SignedJob {
     Signed::sign(&keypair(200), spec, 1).expect("sign")
 }
 
+/// A market that always auctions (the fast path has tests of its own below).
 fn market() -> Market {
-    Market::new(Config::local(), peer(200))
+    let mut config = Config::local();
+    config.direct_lease = false;
+    Market::new(config, peer(200))
+}
+
+/// A market with the fast path on, whose index knows workers 1..=n at `price`, free, at time 0.
+fn direct_market(prices: &[u64]) -> Market {
+    let mut m = Market::new(Config::local(), peer(200));
+    for (i, price) in prices.iter().enumerate() {
+        m.handle(
+            Input::CapabilityAd {
+                from: peer(i as u8 + 1),
+                ad: ad(&["wasm"], 1 << 30, *price, 2, 1),
+                ip: None,
+            },
+            0,
+        );
+    }
+    m
 }
 
 /// A market whose index knows workers 1..=n, capable, free, at price 10.
@@ -309,6 +328,7 @@ fn early_disagreement_adds_a_replica_before_the_last_result() {
 fn no_quorum_when_cap_is_hit() {
     let mut cfg = Config::local();
     cfg.max_extra_replicas = 1;
+    cfg.direct_lease = false;
     let mut m = Market::new(cfg, peer(200));
     for i in 1..=5 {
         m.handle(
@@ -1416,4 +1436,209 @@ fn wait_reason_names_memory_and_disagreement_not_only_memory() {
     );
     assert!(w.to_string().contains("disagree"), "{w}");
     assert!(!w.to_string().contains("memory"), "{w}");
+}
+
+/// A job of redundancy 1.
+fn spec1() -> JobSpec {
+    let mut s = spec();
+    s.redundancy = 1;
+    s
+}
+
+#[test]
+fn fresh_standing_offers_are_leased_directly_without_an_auction() {
+    let mut m = direct_market(&[10, 5, 10, 7]);
+    let mut s = spec();
+    s.redundancy = 2;
+    let (id, out) = submit(&mut m, s, 1_000);
+    assert_eq!(
+        announces(&out),
+        0,
+        "no announcement on the fast path: {out:?}"
+    );
+    let mut got: Vec<u8> = leased(&out).into_iter().map(idx).collect();
+    got.sort();
+    assert_eq!(got, vec![2, 4], "the two cheapest offers");
+    let rec = m.job(&id).expect("job");
+    assert_eq!(rec.state, JobState::Running);
+    assert_eq!(rec.bid_window_closes_ms, None);
+    assert!(
+        rec.timeline
+            .iter()
+            .any(|e| e.event.contains("leasing directly"))
+    );
+    // Both deliver the same result: verified with no auction round at all.
+    result(&mut m, 2, id, ok("a"), 1_010);
+    let out = result(&mut m, 4, id, ok("a"), 1_020);
+    assert!(out.iter().any(|o| matches!(o, Output::Verified { .. })));
+}
+
+#[test]
+fn a_busy_direct_lease_goes_to_the_next_offer_then_to_the_auction() {
+    let mut m = direct_market(&[5, 10]);
+    let (id, out) = submit(&mut m, spec1(), 1_000);
+    assert_eq!(
+        leased(&out).into_iter().map(idx).collect::<Vec<_>>(),
+        vec![1]
+    );
+    // The cheapest is busy: the other offer is leased at once.
+    let out = m.handle(
+        Input::LeaseBusy {
+            job_id: id,
+            worker: peer(1),
+        },
+        1_001,
+    );
+    assert_eq!(
+        leased(&out).into_iter().map(idx).collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert_eq!(announces(&out), 0);
+    // It refuses too: nothing known is left, so the job is auctioned at once (no backoff
+    // before its first announcement).
+    let out = m.handle(
+        Input::LeaseRefused {
+            job_id: id,
+            worker: peer(2),
+            reason: "no".into(),
+        },
+        1_002,
+    );
+    assert!(leased(&out).is_empty());
+    let out = m.handle(Input::Tick, 1_002);
+    assert_eq!(announces(&out), 1, "the auction is the fallback: {out:?}");
+    assert_eq!(m.job(&id).expect("job").announce_attempts, 1);
+}
+
+#[test]
+fn stale_unstaked_or_too_few_offers_fall_back_to_the_auction() {
+    // Too few for r = 3.
+    let mut m = direct_market(&[5, 5]);
+    let mut s = spec();
+    s.redundancy = 3;
+    let (_, out) = submit(&mut m, s, 1_000);
+    assert_eq!((announces(&out), leased(&out).len()), (1, 0));
+    // Older than `direct_offer_age_ms` (5 s in the local preset).
+    let mut m = direct_market(&[5, 5]);
+    let (_, out) = submit(&mut m, spec1(), 6_000);
+    assert_eq!((announces(&out), leased(&out).len()), (1, 0));
+    // With a ledger, only staked peers are leased directly.
+    let mut m = direct_market(&[5, 10]);
+    m.handle(Input::Stakers([peer(2)].into_iter().collect()), 0);
+    let (_, out) = submit(&mut m, spec1(), 1_000);
+    assert_eq!(
+        leased(&out).into_iter().map(idx).collect::<Vec<_>>(),
+        vec![2]
+    );
+    let mut m = direct_market(&[5, 10]);
+    m.handle(Input::Stakers(HashSet::new()), 0);
+    let (_, out) = submit(&mut m, spec1(), 1_000);
+    assert_eq!((announces(&out), leased(&out).len()), (1, 0));
+    // An input over the offer's limit (the worker's `max_input_bytes`).
+    let mut m = Market::new(Config::local(), peer(200));
+    let mut small = ad(&["wasm"], 1 << 30, 5, 2, 1);
+    small.max_input_bytes = 100;
+    m.handle(
+        Input::CapabilityAd {
+            from: peer(1),
+            ad: small,
+            ip: None,
+        },
+        0,
+    );
+    let mut s = spec1();
+    s.input_size = 4_000;
+    let (_, out) = submit(&mut m, s, 1_000);
+    assert_eq!((announces(&out), leased(&out).len()), (1, 0));
+    // Over the job's price.
+    let mut m = direct_market(&[500]);
+    let mut s = spec1();
+    s.max_price = 100;
+    let (_, out) = submit(&mut m, s, 1_000);
+    assert_eq!((announces(&out), leased(&out).len()), (1, 0));
+}
+
+#[test]
+fn the_bid_window_closes_once_no_outstanding_offer_could_beat_the_bids_in() {
+    // Workers 1 and 2 advertise price 1; 3 and 4 advertise 90 (of a max price 100). With the
+    // fast path off, the job is auctioned: once 1 and 2 have bid, nobody left could beat them.
+    let mut config = Config::local();
+    config.direct_lease = false;
+    let mut m = Market::new(config, peer(200));
+    for (i, price) in [(1u8, 1u64), (2, 1), (3, 90), (4, 90)] {
+        m.handle(
+            Input::CapabilityAd {
+                from: peer(i),
+                ad: ad(&["wasm"], 1 << 30, price, 2, 1),
+                ip: None,
+            },
+            0,
+        );
+    }
+    let mut s = spec();
+    s.redundancy = 2;
+    s.max_price = 100;
+    let (id, _) = submit(&mut m, s, 10);
+    let out = m.handle(
+        Input::Bid {
+            from: peer(1),
+            bid: Bid {
+                job_id: id,
+                price: 1,
+                free_slots: 2,
+                total_slots: 2,
+            },
+            rtt_ms: Some(1),
+            ip: None,
+        },
+        11,
+    );
+    assert!(leased(&out).is_empty(), "one bid is not enough for r = 2");
+    let out = m.handle(
+        Input::Bid {
+            from: peer(2),
+            bid: Bid {
+                job_id: id,
+                price: 1,
+                free_slots: 2,
+                total_slots: 2,
+            },
+            rtt_ms: Some(1),
+            ip: None,
+        },
+        12,
+    );
+    let mut got: Vec<u8> = leased(&out).into_iter().map(idx).collect();
+    got.sort();
+    assert_eq!(got, vec![1, 2], "closed early, before 3 and 4 bid: {out:?}");
+    // Whereas when an outstanding worker could still win, the window stays open.
+    let mut config = Config::local();
+    config.direct_lease = false;
+    let mut m = Market::new(config, peer(200));
+    for (i, price) in [(1u8, 50u64), (2, 1)] {
+        m.handle(
+            Input::CapabilityAd {
+                from: peer(i),
+                ad: ad(&["wasm"], 1 << 30, price, 2, 1),
+                ip: None,
+            },
+            0,
+        );
+    }
+    let (id, _) = submit(&mut m, spec1(), 10);
+    let out = m.handle(
+        Input::Bid {
+            from: peer(1),
+            bid: Bid {
+                job_id: id,
+                price: 50,
+                free_slots: 2,
+                total_slots: 2,
+            },
+            rtt_ms: Some(1),
+            ip: None,
+        },
+        11,
+    );
+    assert!(leased(&out).is_empty(), "worker 2 (price 1) may still bid");
 }

@@ -95,6 +95,12 @@ pub enum NoBid {
     /// The job has no escrow on the ledger.
     #[error("the job has no escrow on the ledger")]
     NoEscrow,
+    /// A credit job whose submitter's line to us does not cover it.
+    #[error("the submitter's credit line to us has {left} left, under our price")]
+    NoCredit {
+        /// What is left on the line after the credit jobs we may still be paid for.
+        left: u64,
+    },
 }
 
 /// The bid this node makes for `spec`, or why it makes none.
@@ -161,6 +167,14 @@ pub struct Settings {
     pub bounds: SpecBounds,
     /// How many announcements are remembered as bid on ([`BID_MEMORY`]).
     pub bid_memory: usize,
+    /// How long a signed credit-job result counts against its line ([`CREDIT_HOLD_MS`]; the
+    /// node sets it from the ledger's `credit_settle_ms`).
+    pub credit_hold_ms: u64,
+    /// A lease that follows no bid of ours (the submitter took our ad as a standing offer) is
+    /// taken only while fewer leases than this are held, the executor slots: then it starts at
+    /// once, and a stale ad sends the submitter on to another worker (`Busy`) rather than into
+    /// our queue. Leases after a bid may fill the whole lease book.
+    pub direct_slots: usize,
 }
 
 impl Settings {
@@ -173,17 +187,38 @@ impl Settings {
             extension_ms: market.heartbeat_extension_ms(),
             bounds: SpecBounds::default(),
             bid_memory: BID_MEMORY,
+            credit_hold_ms: CREDIT_HOLD_MS,
+            direct_slots: lease_slots,
         }
     }
 }
 
 /// What the ledger says about a bid, when the node runs one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Standing {
     /// This node holds the minimum stake a bidder needs.
     pub staked: bool,
     /// The job has an escrow.
     pub escrowed: bool,
+    /// What is left on the credit line from the job's submitter to this node (0 when there is
+    /// none or it is closing). A credit job ([`JobSpec::credit`]) is taken only while the line
+    /// covers it and every other credit job of that submitter this node may still be paid for.
+    pub credit: u64,
+}
+
+/// How long after its result is signed (or its lease may end) a credit job still counts against
+/// the line, in ms: the ledger's default `credit_settle_ms` (a settlement may pay a result that
+/// long after it was signed, in block time) plus two minutes for the skew between this node's
+/// clock and the block proposers'.
+pub const CREDIT_HOLD_MS: u64 = 600_000 + 120_000;
+
+/// A credit job this node may still be paid for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Owed {
+    submitter: PeerId,
+    price: u64,
+    /// After this instant no settlement can pay it any more.
+    until_ms: UnixMillis,
 }
 
 /// A worker timer; fired back as [`Input::Timer`]. `serial` names the lease it was set for,
@@ -263,12 +298,15 @@ pub enum Input {
         /// What the ledger says, when the node runs one.
         standing: Option<Standing>,
     },
-    /// A submitter offers a lease (the node checked the job's signature).
+    /// A submitter offers a lease (the node checked the job's signature). It may come without a
+    /// bid: a submitter takes this node's ad as a standing offer (the fast path).
     Lease {
         /// The peer that sent it.
         from: PeerId,
         /// The lease.
         lease: Lease,
+        /// What the ledger says, when the node runs one.
+        standing: Option<Standing>,
     },
     /// The submitter answered one of our heartbeats.
     HeartbeatAnswered {
@@ -296,6 +334,9 @@ pub enum Input {
     },
     /// A timer set by [`Output::SetTimer`] is due.
     Timer(Timer),
+    /// The ledger settled a credit job (we were paid, or it was settled without us): it no
+    /// longer counts against its submitter's line.
+    Settled(JobId),
 }
 
 /// Something the node must do.
@@ -393,6 +434,8 @@ pub struct Worker {
     bid_seen_set: HashSet<(JobId, u32)>,
     serial: u64,
     ad_seq: u64,
+    /// Credit jobs we may still be paid for, by job.
+    owed: BTreeMap<JobId, Owed>,
 }
 
 impl Worker {
@@ -406,6 +449,7 @@ impl Worker {
             bid_seen_set: HashSet::new(),
             serial: 0,
             ad_seq: 0,
+            owed: BTreeMap::new(),
         }
     }
 
@@ -422,13 +466,22 @@ impl Worker {
                 job,
                 attempt,
                 standing,
-            } => self.on_announce(&job, attempt, standing, &mut out),
-            Input::Lease { from, lease } => self.on_lease(from, lease, now, &mut out),
+            } => self.on_announce(&job, attempt, standing, now, &mut out),
+            Input::Lease {
+                from,
+                lease,
+                standing,
+            } => self.on_lease(from, lease, standing, now, &mut out),
             Input::HeartbeatAnswered { job_id, answer } => match answer {
                 Beat::Extended => {
                     if let Some(h) = self.held.get_mut(&job_id) {
                         let until = now.saturating_add(self.settings.extension_ms);
                         h.expires_ms = h.expires_ms.max(until);
+                        if let Some(o) = self.owed.get_mut(&job_id) {
+                            o.until_ms = o
+                                .until_ms
+                                .max(until.saturating_add(self.settings.credit_hold_ms));
+                        }
                     }
                 }
                 Beat::Refused(why) => {
@@ -443,6 +496,10 @@ impl Worker {
             }
             Input::Executed(job_id) => {
                 if let Some(h) = self.held.remove(&job_id) {
+                    // The result is signed now: a settlement may pay it until its window ends.
+                    if let Some(o) = self.owed.get_mut(&job_id) {
+                        o.until_ms = now.saturating_add(self.settings.credit_hold_ms);
+                    }
                     out.push(Output::SendResult {
                         submitter: h.submitter,
                         job_id,
@@ -451,6 +508,8 @@ impl Worker {
                 }
             }
             Input::GaveUp { job_id, .. } => {
+                // No result of ours was signed, so no settlement can pay us for it.
+                self.owed.remove(&job_id);
                 if let Some(h) = self.held.remove(&job_id) {
                     out.push(Output::GiveBack {
                         submitter: h.submitter,
@@ -459,6 +518,9 @@ impl Worker {
                 }
             }
             Input::Timer(timer) => self.on_timer(timer, now, &mut out),
+            Input::Settled(job_id) => {
+                self.owed.remove(&job_id);
+            }
         }
         out
     }
@@ -468,13 +530,14 @@ impl Worker {
         job: &SignedJob,
         attempt: u32,
         standing: Option<Standing>,
+        now: UnixMillis,
         out: &mut Vec<Output>,
     ) {
         let id = job_id(job);
         if self.held.contains_key(&id) || self.bid_seen_set.contains(&(id, attempt)) {
             return;
         }
-        match self.bid(job, id, standing) {
+        match self.bid(job, id, standing, now) {
             Ok((submitter, bid)) => {
                 self.remember(id, attempt);
                 out.push(Output::SendBid { submitter, bid });
@@ -488,6 +551,7 @@ impl Worker {
         job: &SignedJob,
         id: JobId,
         standing: Option<Standing>,
+        now: UnixMillis,
     ) -> Result<(PeerId, Bid), NoBid> {
         let submitter = job.signer_peer().map_err(|_| NoBid::BadSigner)?;
         if submitter == self.local {
@@ -503,7 +567,12 @@ impl Worker {
             if !s.staked {
                 return Err(NoBid::NotStaked);
             }
-            if !s.escrowed {
+            if spec.credit {
+                let left = self.credit_left(&submitter, s.credit, now);
+                if left < self.settings.offer.price {
+                    return Err(NoBid::NoCredit { left });
+                }
+            } else if !s.escrowed {
                 return Err(NoBid::NoEscrow);
             }
         }
@@ -527,9 +596,16 @@ impl Worker {
         self.bid_seen_set.insert((id, attempt));
     }
 
-    fn on_lease(&mut self, from: PeerId, lease: Lease, now: UnixMillis, out: &mut Vec<Output>) {
+    fn on_lease(
+        &mut self,
+        from: PeerId,
+        lease: Lease,
+        standing: Option<Standing>,
+        now: UnixMillis,
+        out: &mut Vec<Output>,
+    ) {
         let id = job_id(&lease.job);
-        let answer = self.admit(from, &lease, id);
+        let answer = self.admit(from, &lease, standing, id, now);
         let accepted = answer == Answer::Accepted;
         out.push(Output::Answer {
             job_id: id,
@@ -538,6 +614,19 @@ impl Worker {
         });
         if !accepted {
             return;
+        }
+        if standing.is_some() && lease.job.payload.credit {
+            self.owed.retain(|_, o| o.until_ms >= now);
+            self.owed.insert(
+                id,
+                Owed {
+                    submitter: from,
+                    price: lease.price,
+                    until_ms: lease
+                        .expires_ms
+                        .saturating_add(self.settings.credit_hold_ms),
+                },
+            );
         }
         self.serial += 1;
         let serial = self.serial;
@@ -567,12 +656,39 @@ impl Worker {
     }
 
     /// Whether to take a lease on `id` from `from`.
-    fn admit(&self, from: PeerId, lease: &Lease, id: JobId) -> Answer {
+    fn admit(
+        &self,
+        from: PeerId,
+        lease: &Lease,
+        standing: Option<Standing>,
+        id: JobId,
+        now: UnixMillis,
+    ) -> Answer {
         match lease.job.signer_peer() {
             Ok(s) if s == from => {}
             _ => return Answer::Refused("only a job's submitter may lease it".into()),
         }
         let spec = &lease.job.payload;
+        // A lease may come without a bid (the fast path): the ledger's conditions for a bid
+        // hold for it too, or the work could never be paid.
+        match standing {
+            Some(s) if !s.staked => return Answer::Refused(NoBid::NotStaked.to_string()),
+            // The line must cover this lease beside every credit job of this submitter we may
+            // still be paid for: then the line can never owe us more than it holds. Short of it
+            // is backpressure (the submitter tops the line up or goes elsewhere), not a fault.
+            Some(s) if spec.credit && self.credit_left(&from, s.credit, now) < lease.price => {
+                return Answer::Busy;
+            }
+            // Our view of the ledger may lag the submitter's by a block: not a refusal.
+            Some(s) if !spec.credit && !s.escrowed => return Answer::Busy,
+            _ => {}
+        }
+        if lease.price < self.settings.offer.price {
+            return Answer::Refused(format!(
+                "the lease pays {} but our price is {}",
+                lease.price, self.settings.offer.price
+            ));
+        }
         // Checked before anything is fetched: the sizes are in the signed spec.
         if let Err(e) = spec.validate(&self.settings.bounds) {
             return Answer::Refused(e.to_string());
@@ -584,6 +700,10 @@ impl Worker {
             return Answer::Refused("already holding a lease on this job".into());
         }
         if self.held.len() >= self.settings.lease_slots {
+            return Answer::Busy;
+        }
+        let bid_on = self.bid_seen.iter().any(|(j, _)| *j == id);
+        if !bid_on && self.held.len() >= self.settings.direct_slots {
             return Answer::Busy;
         }
         Answer::Accepted
@@ -622,6 +742,7 @@ impl Worker {
     }
 
     fn stop(&mut self, job_id: JobId, reason: StopReason, out: &mut Vec<Output>) {
+        self.owed.remove(&job_id);
         if self.held.remove(&job_id).is_some() {
             out.push(Output::Stop { job_id, reason });
         }
@@ -642,7 +763,35 @@ impl Worker {
             price: offer.price,
             version: version.into(),
             seq: self.ad_seq,
+            max_input_bytes: self.settings.bounds.max_input_bytes,
+            max_module_bytes: self.settings.bounds.max_module_bytes,
+            max_wall_time_ms: offer
+                .max_wall_time_ms
+                .min(self.settings.bounds.max_wall_time_ms),
         }
+    }
+
+    /// What is left of a credit line of `line` tokens from `submitter` after the credit jobs of
+    /// its that this node may still be paid for (those whose settlement window has passed no
+    /// longer count: no settlement can pay them).
+    pub fn credit_left(&self, submitter: &PeerId, line: u64, now: UnixMillis) -> u64 {
+        let owed: u64 = self
+            .owed
+            .values()
+            .filter(|o| o.submitter == *submitter && o.until_ms >= now)
+            .map(|o| o.price)
+            .fold(0, u64::saturating_add);
+        line.saturating_sub(owed)
+    }
+
+    /// How many credit jobs this node may still be paid for.
+    pub fn owed(&self) -> usize {
+        self.owed.len()
+    }
+
+    /// Whether this node may still be paid for the credit job `job_id`.
+    pub fn is_owed(&self, job_id: &JobId) -> bool {
+        self.owed.contains_key(job_id)
     }
 
     /// How many ads were made.
@@ -821,6 +970,7 @@ mod tests {
         let unstaked = Some(Standing {
             staked: false,
             escrowed: true,
+            credit: 0,
         });
         assert!(matches!(
             w.handle(announce(3, unstaked), 4).as_slice(),
@@ -832,6 +982,7 @@ mod tests {
         let no_escrow = Some(Standing {
             staked: true,
             escrowed: false,
+            credit: 0,
         });
         assert!(matches!(
             w.handle(announce(4, no_escrow), 5).as_slice(),
@@ -850,6 +1001,7 @@ mod tests {
             Input::Lease {
                 from: peer(2),
                 lease: lease(&a, 10_000),
+                standing: None,
             },
             0,
         );
@@ -862,6 +1014,7 @@ mod tests {
             Input::Lease {
                 from: peer(3),
                 lease: lease(&b, 10_000),
+                standing: None,
             },
             1,
         );
@@ -887,6 +1040,7 @@ mod tests {
             Input::Lease {
                 from: peer(2),
                 lease: lease(&a, 10_000),
+                standing: None,
             },
             3,
         );
@@ -912,6 +1066,7 @@ mod tests {
             Input::Lease {
                 from: peer(3),
                 lease: lease(&j, 10_000),
+                standing: None,
             },
             0,
         );
@@ -923,6 +1078,7 @@ mod tests {
             Input::Lease {
                 from: peer(2),
                 lease: lease(&gpu, 10_000),
+                standing: None,
             },
             0,
         );
@@ -939,6 +1095,7 @@ mod tests {
             Input::Lease {
                 from: peer(2),
                 lease: lease(&j, 3_000),
+                standing: None,
             },
             0,
         );
@@ -1012,6 +1169,7 @@ mod tests {
                 Input::Lease {
                     from: peer(2),
                     lease: lease(j, 10_000),
+                    standing: None,
                 },
                 0,
             );
@@ -1061,6 +1219,7 @@ mod tests {
             Input::Lease {
                 from: peer(2),
                 lease: lease(&j, 10_000),
+                standing: None,
             },
             0,
         );
@@ -1090,6 +1249,7 @@ mod tests {
                 Input::Lease {
                     from: peer(2),
                     lease: lease(&j, now + 3_000),
+                    standing: None,
                 },
                 now,
             ))
@@ -1138,5 +1298,88 @@ mod tests {
             w.handle(again, 1).as_slice(),
             [Output::SendBid { .. }]
         ));
+    }
+    fn credit_job(n: u8, nonce: u64) -> SignedJob {
+        let mut spec = crate::index::tests::spec();
+        spec.nonce = nonce;
+        spec.credit = true;
+        Signed::sign(&key(n), spec, 1).expect("sign")
+    }
+
+    fn line(credit: u64) -> Option<Standing> {
+        Some(Standing {
+            staked: true,
+            escrowed: false,
+            credit,
+        })
+    }
+
+    #[test]
+    fn a_credit_line_is_never_owed_more_than_it_holds() {
+        // Our price is 10 (see `offer`); the submitter's line to us holds 25.
+        let mut w = worker(8);
+        let price = w.settings().offer.price;
+        let lease_of = |j: &SignedJob| Lease {
+            job: j.clone(),
+            price,
+            expires_ms: 10_000,
+        };
+        let (a, b, c) = (credit_job(2, 1), credit_job(2, 2), credit_job(2, 3));
+        let take = |w: &mut Worker, j: &SignedJob, credit: u64, now: u64| {
+            answer(&w.handle(
+                Input::Lease {
+                    from: peer(2),
+                    lease: lease_of(j),
+                    standing: line(credit),
+                },
+                now,
+            ))
+        };
+        assert_eq!(take(&mut w, &a, 25, 0), Answer::Accepted);
+        assert_eq!(take(&mut w, &b, 25, 1), Answer::Accepted);
+        assert_eq!(w.credit_left(&peer(2), 25, 2), 25 - 2 * price);
+        // A third would make the line owe 30 of its 25: backpressure, not a refusal.
+        assert_eq!(take(&mut w, &c, 25, 2), Answer::Busy);
+        // No line at all: the same.
+        assert_eq!(take(&mut w, &credit_job(2, 9), 0, 2), Answer::Busy);
+        // Job a is settled (paid on the ledger, so the line now holds 15): b still counts.
+        w.handle(Input::Settled(job_id(&a)), 3);
+        assert_eq!(w.credit_left(&peer(2), 15, 3), 15 - price);
+        assert_eq!(take(&mut w, &c, 15, 3), Answer::Busy);
+        // Work we give up was never signed for, so it stops counting at once: c fits.
+        w.handle(
+            Input::GaveUp {
+                job_id: job_id(&b),
+                reason: "x".into(),
+            },
+            4,
+        );
+        assert_eq!(w.owed(), 0);
+        assert_eq!(take(&mut w, &c, 15, 4), Answer::Accepted);
+        assert_eq!(w.owed(), 1);
+        // A result signed at t counts until t + the hold: no settlement can pay it later.
+        w.handle(Input::Executed(job_id(&c)), 5);
+        let hold = w.settings().credit_hold_ms;
+        assert_eq!(w.credit_left(&peer(2), 15, 5 + hold), 15 - price);
+        assert_eq!(w.credit_left(&peer(2), 15, 6 + hold), 15);
+        // Bidding follows the same rule.
+        let out = w.handle(
+            Input::Announce {
+                job: credit_job(3, 10),
+                attempt: 1,
+                standing: line(5),
+            },
+            7,
+        );
+        assert!(
+            matches!(
+                out.as_slice(),
+                [Output::Declined {
+                    why: NoBid::NoCredit { left: 5 },
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
     }
 }

@@ -9,11 +9,22 @@
 //! goes out) is the shipped [`Worker`]'s, fired by its own timers.
 //! The load scenarios slow every execution down (a CPU hog, in simulated time), submit all jobs
 //! at once and crash a worker, and check that load only makes jobs slower, never failed.
+//!
+//! With [`Load::ledger`] the real [`Ledger`] runs beside them on simulated time (a block every
+//! 300 ms holding every transaction sent since; consensus itself is not simulated): every node
+//! opens a credit line to every other, jobs are credit jobs, workers check their lines
+//! ([`Standing`]) and sign their results, verified jobs are settled from the lines with their
+//! signed results as evidence, and outvoted workers are slashed: submit, verified, paid,
+//! slashed, on the shipped machines and the shipped ledger.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 
-use agora_market::worker::{self, Answer, Beat, Offer, Settings, Timer, Worker};
+use agora_ledger::{
+    AccountId, Block, Event as LedgerEvent, Genesis, GenesisAccount, Ledger, Params, SignedTx, Tx,
+    TxKind,
+};
+use agora_market::worker::{self, Answer, Beat, Offer, Settings, Standing, Timer, Worker};
 use agora_market::{Config, Input, JobState, Market, Output};
 use agora_types::job::{
     Bid, CapabilityAd, JobId, JobLimits, JobSpec, Lease, Outcome, SignedJob, WorkResult, job_id,
@@ -26,7 +37,10 @@ use rand::{Rng, SeedableRng};
 const NODES: usize = 10;
 const JOBS: usize = 100;
 const AD_PERIOD_MS: u64 = 5_000;
-const TIME_LIMIT_MS: u64 = 600_000;
+const BLOCK_MS: u64 = 300;
+/// Tokens each node locks per credit line, and its stake.
+const LINE: u64 = 10_000;
+const STAKE: u64 = 1_000;
 
 /// What travels between nodes (or from a node to itself, for finished executions).
 #[derive(Clone, Debug)]
@@ -45,7 +59,7 @@ enum Msg {
     Heartbeat(JobId),
     /// The submitter's answer to a heartbeat: whether it extended the lease.
     HeartbeatAnswer(JobId, bool),
-    Result(WorkResult),
+    Result(WorkResult, Option<Signed<WorkResult>>),
     /// The submitter withdraws a lease.
     Cancel(JobId),
     /// The worker gives a lease back.
@@ -56,11 +70,17 @@ enum Msg {
 
 #[derive(Clone, Debug)]
 enum Event {
-    Deliver { from: usize, to: usize, msg: Msg },
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Msg,
+    },
     Tick(usize),
     WorkerTimer(usize, Timer),
     Submit(usize, SignedJob),
     Advertise(usize),
+    /// A block is decided (with a ledger).
+    Block,
 }
 
 struct Node {
@@ -89,6 +109,13 @@ struct Load {
     crash: Option<(usize, UnixMillis)>,
     /// Each job's wall-time limit (the sandbox stops a run there, so no run is longer).
     wall_ms: u64,
+    /// How many nodes, and how many jobs they submit in all.
+    nodes: usize,
+    jobs: usize,
+    /// Run the ledger: credit lines, signed results, settlement, slashing.
+    ledger: bool,
+    /// Simulated time after which the run stops.
+    time_limit_ms: u64,
 }
 
 const QUIET: Load = Load {
@@ -97,6 +124,10 @@ const QUIET: Load = Load {
     deadline_ms: 0,
     crash: None,
     wall_ms: 1_000,
+    nodes: NODES,
+    jobs: JOBS,
+    ledger: false,
+    time_limit_ms: 600_000,
 };
 
 /// The result of one run, compared between runs for determinism.
@@ -124,6 +155,15 @@ struct Summary {
     unfinished: Vec<usize>,
     /// Events processed.
     events: u64,
+    /// With a ledger: jobs settled, honest and Byzantine accounts slashed, payments short of
+    /// the signed price (must stay 0), whether supply was conserved after every block, and the
+    /// final state root.
+    settled: u64,
+    slashed_honest: usize,
+    slashed_byzantine: usize,
+    short: usize,
+    supply_conserved: bool,
+    state_root: Option<Hash>,
 }
 
 struct Sim {
@@ -137,6 +177,46 @@ struct Sim {
     rng: StdRng,
     finished: usize,
     events: u64,
+    chain: Option<Chain>,
+}
+
+/// The ledger on simulated time, and what the nodes sent it.
+struct Chain {
+    ledger: Ledger,
+    pending: Vec<SignedTx>,
+    nonces: Vec<u64>,
+    /// Settled jobs the workers hear of with the next block (a node's core hears of a block
+    /// after the chain applied it).
+    late: Vec<JobId>,
+    short: usize,
+    conserved: bool,
+}
+
+fn genesis(keys: &[Keypair]) -> Genesis {
+    Genesis {
+        chain_id: "sim".into(),
+        genesis_time_ms: 0,
+        params: Params {
+            min_bid_stake: 100,
+            min_validator_stake: STAKE,
+            ..Params::default()
+        },
+        mint_authority: None,
+        max_supply: 0,
+        accounts: keys
+            .iter()
+            .map(|k| GenesisAccount {
+                peer_id: k.public().to_peer_id().to_string(),
+                balance: LINE * keys.len() as u64 + 1_000,
+                stake: STAKE,
+                consensus_addr: None,
+            })
+            .collect(),
+    }
+}
+
+fn account(p: &PeerId) -> AccountId {
+    AccountId::from_peer_id(p).expect("ed25519 peer")
 }
 
 fn ip(i: usize) -> IpAddr {
@@ -161,7 +241,7 @@ impl Sim {
     fn loaded(seed: u64, byzantine: &[usize], load: Load) -> Self {
         let mut nodes = Vec::new();
         let mut by_peer = HashMap::new();
-        for i in 0..NODES {
+        for i in 0..load.nodes {
             let key = Keypair::ed25519_from_bytes([i as u8 + 1; 32]).expect("key");
             let peer = key.public().to_peer_id();
             by_peer.insert(peer, i);
@@ -172,7 +252,8 @@ impl Sim {
                 max_wall_time_ms: 60_000,
             };
             let slots = 2 + i % 3;
-            let settings = Settings::new(offer, 4 * slots, &Config::local());
+            let mut settings = Settings::new(offer, 4 * slots, &Config::local());
+            settings.direct_slots = slots;
             nodes.push(Node {
                 market: Market::new(Config::local(), peer),
                 worker: Worker::new(peer, settings),
@@ -185,7 +266,19 @@ impl Sim {
                 tick_at: None,
             });
         }
+        let chain = load.ledger.then(|| {
+            let keys: Vec<Keypair> = nodes.iter().map(|n: &Node| n.key.clone()).collect();
+            Chain {
+                ledger: Ledger::from_genesis(&genesis(&keys)).expect("genesis"),
+                pending: vec![],
+                nonces: vec![0; keys.len()],
+                late: vec![],
+                short: 0,
+                conserved: true,
+            }
+        });
         Sim {
+            chain,
             load,
             max_out: (0, 0),
             nodes,
@@ -219,14 +312,14 @@ impl Sim {
     }
 
     fn broadcast(&mut self, from: usize, msg: Msg) {
-        for to in 0..NODES {
+        for to in 0..self.load.nodes {
             if to != from {
                 self.send(from, to, msg.clone());
             }
         }
     }
 
-    fn spec(k: usize, deadline_ms: UnixMillis, wall_time_ms: u64) -> JobSpec {
+    fn spec(k: usize, deadline_ms: UnixMillis, wall_time_ms: u64, credit: bool) -> JobSpec {
         JobSpec {
             module: Hash::of(b"module"),
             module_size: 1_000,
@@ -243,17 +336,131 @@ impl Sim {
             max_price: 100,
             deadline_ms,
             nonce: k as u64,
+            credit,
         }
     }
 
+    /// Node `n` signs a ledger transaction and sends it to the next block.
+    fn send_tx(&mut self, n: usize, kind: TxKind) {
+        let now = self.now;
+        let key = self.nodes[n].key.clone();
+        let Some(chain) = self.chain.as_mut() else {
+            return;
+        };
+        let tx = Tx {
+            chain_id: "sim".into(),
+            nonce: chain.nonces[n],
+            kind,
+        };
+        chain.nonces[n] += 1;
+        chain
+            .pending
+            .push(Signed::sign(&key, tx, now).expect("sign"));
+    }
+
+    /// A block: applies what was sent, tells the markets which peers are staked and which
+    /// lines they hold, and the workers which of their credit jobs were settled.
+    fn block(&mut self) {
+        let now = self.now;
+        let Some(chain) = self.chain.as_mut() else {
+            return;
+        };
+        let block = Block {
+            height: chain.ledger.height() + 1,
+            time_ms: now,
+            txs: std::mem::take(&mut chain.pending),
+        };
+        let receipt = chain.ledger.apply_block(&block).expect("block");
+        chain.conserved &= chain.ledger.supply_conserved();
+        let settled: Vec<JobId> = std::mem::take(&mut chain.late);
+        for (_, e) in &receipt.events {
+            match e {
+                LedgerEvent::Paid { job_id, .. }
+                | LedgerEvent::Slashed {
+                    job_id: Some(job_id),
+                    ..
+                } => chain.late.push(*job_id),
+                LedgerEvent::CreditShort { .. } => chain.short += 1,
+                _ => {}
+            }
+        }
+        let ledger = &chain.ledger;
+        let stakers: std::collections::HashSet<PeerId> = self
+            .nodes
+            .iter()
+            .map(|n| n.peer)
+            .filter(|p| ledger.can_bid(&account(p)))
+            .collect();
+        let lines: Vec<std::collections::HashSet<PeerId>> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                ledger
+                    .credits_of(&account(&n.peer))
+                    .filter(|(_, c)| c.closing_after_ms.is_none() && c.amount > 0)
+                    .filter_map(|(w, _)| w.peer_id().ok())
+                    .collect()
+            })
+            .collect();
+        for (n, lines) in lines.into_iter().enumerate() {
+            self.market(n, Input::Stakers(stakers.clone()));
+            self.market(n, Input::CreditLines(lines));
+            for id in &settled {
+                if self.nodes[n].worker.is_owed(id) {
+                    self.worker(n, worker::Input::Settled(*id));
+                }
+            }
+        }
+        if self.finished < self.load.jobs {
+            self.push(now + BLOCK_MS, Event::Block);
+        }
+    }
+
+    /// What the ledger says of a job node `n` may work on.
+    fn standing(&self, n: usize, job: &SignedJob) -> Option<Standing> {
+        let chain = self.chain.as_ref()?;
+        let me = account(&self.nodes[n].peer);
+        let credit = chain
+            .ledger
+            .credit_line(&AccountId(job.signer), &me)
+            .filter(|c| c.closing_after_ms.is_none())
+            .map_or(0, |c| c.amount);
+        Some(Standing {
+            staked: chain.ledger.can_bid(&me),
+            escrowed: false,
+            credit,
+        })
+    }
+
     fn run(mut self) -> Summary {
-        for i in 0..NODES {
+        for i in 0..self.load.nodes {
             self.push(0, Event::Advertise(i));
         }
+        // With a ledger, every node opens a line to every other in the first block, and jobs
+        // start after it.
+        let start = if self.chain.is_some() {
+            for a in 0..self.load.nodes {
+                for b in (0..self.load.nodes).filter(|b| *b != a) {
+                    let worker = account(&self.nodes[b].peer);
+                    self.send_tx(
+                        a,
+                        TxKind::CreditOpen {
+                            worker,
+                            amount: LINE,
+                        },
+                    );
+                }
+            }
+            self.push(BLOCK_MS, Event::Block);
+            1_000
+        } else {
+            100
+        };
+        let (nodes, jobs) = (self.load.nodes, self.load.jobs);
         let mut ids = Vec::new();
-        for k in 0..JOBS {
-            let s = k % NODES;
-            let at = 100 + k as u64 * self.load.burst_ms / JOBS as u64;
+        for k in 0..jobs {
+            let s = k % nodes;
+            let at = start + k as u64 * self.load.burst_ms / jobs as u64;
             let deadline = if self.load.deadline_ms == 0 {
                 0
             } else {
@@ -261,7 +468,7 @@ impl Sim {
             };
             let job = Signed::sign(
                 &self.nodes[s].key,
-                Self::spec(k, deadline, self.load.wall_ms),
+                Self::spec(k, deadline, self.load.wall_ms, self.chain.is_some()),
                 at,
             )
             .expect("sign");
@@ -270,7 +477,7 @@ impl Sim {
         }
         while let Some(((at, _), event)) = self.queue.pop_first() {
             assert!(at >= self.now, "time goes forward");
-            if at > TIME_LIMIT_MS {
+            if at > self.load.time_limit_ms {
                 break;
             }
             self.now = at;
@@ -322,11 +529,12 @@ impl Sim {
             Event::Advertise(n) => {
                 let ad = self.nodes[n].worker.capability_ad("sim", 4, "sim");
                 self.broadcast(n, Msg::Ad(ad));
-                if self.finished < JOBS {
+                if self.finished < self.load.jobs {
                     self.push(self.now + AD_PERIOD_MS, Event::Advertise(n));
                 }
             }
             Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
+            Event::Block => self.block(),
         }
     }
 
@@ -408,31 +616,38 @@ impl Sim {
                     worker: from_peer,
                 },
             ),
-            Msg::Result(result) => self.market(
+            Msg::Result(result, signed) => self.market(
                 to,
                 Input::Result {
                     from: from_peer,
                     result,
-                    signed: None,
+                    signed,
                     stderr: vec![],
                 },
             ),
             // Worker side.
-            Msg::Announce(job, attempt) => self.worker(
-                to,
-                worker::Input::Announce {
-                    job,
-                    attempt,
-                    standing: None,
-                },
-            ),
-            Msg::Lease(lease) => self.worker(
-                to,
-                worker::Input::Lease {
-                    from: from_peer,
-                    lease,
-                },
-            ),
+            Msg::Announce(job, attempt) => {
+                let standing = self.standing(to, &job);
+                self.worker(
+                    to,
+                    worker::Input::Announce {
+                        job,
+                        attempt,
+                        standing,
+                    },
+                )
+            }
+            Msg::Lease(lease) => {
+                let standing = self.standing(to, &lease.job);
+                self.worker(
+                    to,
+                    worker::Input::Lease {
+                        from: from_peer,
+                        lease,
+                        standing,
+                    },
+                )
+            }
             Msg::Cancel(job_id) => self.worker(
                 to,
                 worker::Input::Withdrawn {
@@ -487,7 +702,9 @@ impl Sim {
                     }
                 }
                 worker::Output::SendResult {
-                    submitter, job_id, ..
+                    submitter,
+                    job_id,
+                    price,
                 } => {
                     let node = &self.nodes[n];
                     let output_hash = if node.byzantine {
@@ -502,10 +719,14 @@ impl Sim {
                             output_hash,
                             fuel_used: 1_000,
                         },
-                        price: 0,
+                        price,
                     };
+                    let signed = self
+                        .chain
+                        .is_some()
+                        .then(|| Signed::sign(&node.key, result.clone(), self.now).expect("sign"));
                     let to = self.by_peer[&submitter];
-                    self.send(n, to, Msg::Result(result));
+                    self.send(n, to, Msg::Result(result, signed));
                 }
                 worker::Output::GiveBack { submitter, job_id } => {
                     let to = self.by_peer[&submitter];
@@ -566,7 +787,11 @@ impl Sim {
                     let to = self.by_peer[&worker];
                     self.send(n, to, Msg::Cancel(job_id));
                 }
-                Output::Verified { .. } | Output::Failed { .. } => self.finished += 1,
+                Output::Verified { job_id, .. } => {
+                    self.finished += 1;
+                    self.settle(n, job_id);
+                }
+                Output::Failed { .. } => self.finished += 1,
                 Output::LockEscrow { .. } => unreachable!("the simulation runs without escrow"),
                 Output::Reputation { peer, delta, .. } => self.broadcast(
                     n,
@@ -587,6 +812,28 @@ impl Sim {
             self.push(at, Event::Tick(n));
         }
         outs
+    }
+
+    /// Node `n` settles its verified credit job from its lines: the agreeing results are paid,
+    /// the outvoted ones slashed (the node's core does the same).
+    fn settle(&mut self, n: usize, job_id: JobId) {
+        if self.chain.is_none() {
+            return;
+        }
+        let rec = self.nodes[n].market.job(&job_id).expect("verified job");
+        let pick = |agreed: bool| -> Vec<Signed<WorkResult>> {
+            rec.results
+                .iter()
+                .filter(|r| r.agreed == Some(agreed))
+                .filter_map(|r| r.signed.clone())
+                .collect()
+        };
+        let kind = TxKind::SettleCredit {
+            job: Box::new(rec.job.clone()),
+            quorum: pick(true),
+            minority: pick(false),
+        };
+        self.send_tx(n, kind);
     }
 
     fn summarize(&self, ids: &[(usize, JobId)]) -> Summary {
@@ -649,7 +896,29 @@ impl Sim {
                     .sum()
             })
             .collect();
+        let (mut slashed_honest, mut slashed_byzantine) = (0, 0);
+        if let Some(c) = &self.chain {
+            for n in &self.nodes {
+                let stake = c.ledger.account(&account(&n.peer)).map_or(0, |a| a.stake);
+                if stake < STAKE {
+                    if n.byzantine {
+                        slashed_byzantine += 1;
+                    } else {
+                        slashed_honest += 1;
+                    }
+                }
+            }
+        }
         Summary {
+            settled: self
+                .chain
+                .as_ref()
+                .map_or(0, |c| c.ledger.totals().settled_jobs),
+            slashed_honest,
+            slashed_byzantine,
+            short: self.chain.as_ref().map_or(0, |c| c.short),
+            supply_conserved: self.chain.as_ref().is_none_or(|c| c.conserved),
+            state_root: self.chain.as_ref().map(|c| c.ledger.state_root()),
             jobs,
             books,
             correct,
@@ -674,7 +943,16 @@ fn hundred_jobs_all_verified() {
         s.jobs.iter().all(|j| j.3 == 3 && j.4 == 3),
         "no extra replicas needed"
     );
-    assert!(s.totals.iter().all(|t| *t > 0), "{:?}", s.totals);
+    // Nobody honest is penalized. Work goes by price (10 + i % 5): with cheap capacity free,
+    // the dearest workers may get none, but most nodes earn, the cheapest most.
+    assert!(s.totals.iter().all(|t| *t >= 0), "{:?}", s.totals);
+    let earning = s.totals.iter().filter(|t| **t > 0).count();
+    assert!(earning >= NODES / 2, "{earning} earned: {:?}", s.totals);
+    assert!(
+        s.totals[0] + s.totals[5] > s.totals[4] + s.totals[9],
+        "{:?}",
+        s.totals
+    );
 }
 
 #[test]
@@ -731,6 +1009,7 @@ const HOG: Load = Load {
     deadline_ms: 30_000,
     crash: None,
     wall_ms: 6_000,
+    ..QUIET
 };
 
 #[test]
@@ -767,4 +1046,62 @@ fn under_load_with_byzantine_workers_and_a_crash_nothing_wrong_is_accepted() {
     );
     let b = Sim::loaded(42, &byz, load).run();
     assert_eq!(s, b, "deterministic under load too");
+}
+
+/// Fifty nodes, 10,000 jobs over 100 simulated seconds (about a third of the network's
+/// executor capacity at r = 3), the ledger on, five Byzantine workers.
+const FIFTY: Load = Load {
+    nodes: 50,
+    jobs: 10_000,
+    burst_ms: 100_000,
+    ledger: true,
+    ..QUIET
+};
+
+const FIFTY_BYZANTINE: [usize; 5] = [45, 46, 47, 48, 49];
+
+#[test]
+fn slow_scenario_ten_thousand_jobs_on_fifty_nodes_verified_paid_and_slashed() {
+    let t = std::time::Instant::now();
+    let s = Sim::loaded(2026, &FIFTY_BYZANTINE, FIFTY).run();
+    let took = t.elapsed();
+    eprintln!(
+        "10,000 jobs on 50 nodes: {} events, {} ms simulated, {took:?} real",
+        s.events, s.end_ms
+    );
+    assert_eq!(s.wrong, 0, "no wrong verdict accepted");
+    assert_eq!(s.correct, FIFTY.jobs, "failed: {:?}", s.failed);
+    assert!(s.supply_conserved, "supply conserved after every block");
+    assert_eq!(s.short, 0, "every settled worker paid the price it signed");
+    // Every verified job is settled once its last block is in (the run stops with the last
+    // verdict; the settlements of the last few jobs may still be in the mempool).
+    assert!(
+        s.settled as usize + 50 >= s.correct,
+        "{} of {} settled",
+        s.settled,
+        s.correct
+    );
+    assert_eq!(s.slashed_honest, 0, "no honest worker slashed");
+    assert_eq!(
+        s.slashed_byzantine,
+        FIFTY_BYZANTINE.len(),
+        "every saboteur slashed"
+    );
+}
+
+#[test]
+fn with_the_ledger_the_same_seed_gives_the_same_run() {
+    let load = Load {
+        ledger: true,
+        ..QUIET
+    };
+    let a = Sim::loaded(77, &[9], load).run();
+    let b = Sim::loaded(77, &[9], load).run();
+    assert_eq!(a, b);
+    assert!(a.state_root.is_some());
+    assert_eq!((a.correct, a.wrong, a.short), (JOBS, 0, 0));
+    assert!(a.supply_conserved);
+    assert_eq!((a.slashed_honest, a.slashed_byzantine), (0, 1));
+    let c = Sim::loaded(78, &[9], load).run();
+    assert_ne!(a.state_root, c.state_root, "another seed, another run");
 }

@@ -2,8 +2,17 @@
 //!
 //! It multiplexes five sources: swarm events, control and data commands from
 //! [`NetHandle`](crate::NetHandle)s (control drained first on every turn), answers to inbound
-//! requests (oneshots the node fulfils), and timers (dialing bootstrap and static peers, expiring
-//! blocks). Nothing here blocks: validation is a decode and one signature check, and every
+//! requests (oneshots the node fulfils), and timers (the connection manager's tick, expiring
+//! blocks).
+//!
+//! Only the connection manager ([`crate::connmgr`], owned by the gate) dials on the node's own
+//! initiative: every tick the actor dials the bootstrap and static peers that are due and the
+//! candidates the manager picks (each approved in the gate first), starts a Kademlia walk when
+//! the manager asks for one (below target only), re-bootstraps when it says the node is
+//! isolated, and disconnects the peers it prunes. Discoveries (Kademlia, Identify, mDNS) only
+//! make candidates; Kademlia's own query dials are refused by the gate at target.
+//!
+//! Nothing here blocks: validation is a decode and one signature check, and every
 //! hand-off to the node is a `try_send` into a bounded queue that drops (and counts) on overflow.
 //!
 //! It applies the message-level defences: before an inbound request or gossip message reaches
@@ -62,15 +71,23 @@ pub(crate) struct Actor {
     pub pending_requests:
         HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
     pub pending_providers: HashMap<kad::QueryId, (Vec<PeerId>, ProvidersReply)>,
+    /// `start_providing` queries running (user DHT queries, like `pending_providers`).
+    pub providing: HashSet<kad::QueryId>,
     pub replies: FuturesUnordered<BoxFuture<'static, Reply>>,
+    /// When the connection manager prunes next.
+    pub next_prune: Instant,
 }
+
+/// The connection manager's tick: dials, walks, isolation checks.
+const MANAGER_TICK: Duration = Duration::from_millis(250);
+/// User DHT queries tracked at most (beyond, the oldest are forgotten: their dials then need
+/// the node to be below target).
+const MAX_USER_QUERIES: usize = 256;
 
 impl Actor {
     pub async fn run(mut self) {
-        let mut dial_tick = tokio::time::interval(Duration::from_millis(100));
-        dial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut bootstrap_tick = tokio::time::interval(self.config.kad_bootstrap_interval);
-        bootstrap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut manager_tick = tokio::time::interval(MANAGER_TICK);
+        manager_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep_tick = tokio::time::interval(Duration::from_secs(1));
         sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -102,8 +119,7 @@ impl Actor {
                     let response = response.unwrap_or_else(|| Response::Refused("the node dropped the request".into()));
                     let _ = self.swarm.behaviour_mut().rr.send_response(channel, response);
                 }
-                _ = dial_tick.tick() => self.dial_due(),
-                _ = bootstrap_tick.tick() => self.bootstrap(),
+                _ = manager_tick.tick() => self.manager_tick(),
                 Some((peer, fault)) = self.faults.recv() => self.on_frame_fault(peer, fault),
                 _ = sweep_tick.tick() => self.expire_blocks(),
             }
@@ -272,18 +288,83 @@ impl Actor {
         }
     }
 
-    fn bootstrap(&mut self) {
-        if self.dialer.bootstrap_pending() {
-            warn!("no bootstrap peer has answered yet; still retrying with backoff");
+    /// What the connection manager asks for now: re-bootstrap, dials, a walk, a prune round.
+    fn manager_tick(&mut self) {
+        let now = Instant::now();
+        if self.swarm.behaviour_mut().gate.manager.isolated(now) {
+            self.metrics.rebootstraps.inc();
+            let known = self.swarm.behaviour().gate.manager.has_candidates();
+            if self.dialer.bootstrap_pending() {
+                warn!("isolated: no bootstrap peer has answered yet; still retrying with backoff");
+            } else if self.dialer.has_bootstrap() || known {
+                info!("isolated: re-bootstrapping");
+            } else {
+                // The first node of a network: nobody to dial, it waits for others.
+                debug!("isolated: no bootstrap peer and no candidate; waiting for inbound peers");
+            }
+            self.dialer.rebootstrap(now);
         }
-        match self.swarm.behaviour_mut().kad.bootstrap() {
-            Ok(_) => debug!("kademlia bootstrap started"),
-            Err(_) => debug!("kademlia bootstrap skipped: no known peers yet"),
+        self.dial_due(now);
+        let dials = self.swarm.behaviour_mut().gate.manager.dials(now);
+        for d in dials {
+            let opts = DialOpts::peer_id(d.peer)
+                .addresses(d.addrs)
+                .extend_addresses_through_behaviour()
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            self.swarm
+                .behaviour_mut()
+                .gate
+                .approve_dial(opts.connection_id());
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(peer = %d.peer, error = %short_dial_error(&e), "candidate not dialed");
+            }
+        }
+        if self.swarm.behaviour_mut().gate.manager.walk_due(now) {
+            // One lookup of a random key, not a full bootstrap (a lookup per bucket): the peers
+            // it reaches are dialed (and kept) while the node is below target, the rest of its
+            // dials are refused at the gate without a socket.
+            let kad = &mut self.swarm.behaviour_mut().kad;
+            if kad.kbuckets().any(|b| b.num_entries() > 0) {
+                kad.get_closest_peers(PeerId::random());
+                self.metrics.walks.inc();
+                debug!("kademlia walk started (below target)");
+            } else {
+                debug!("kademlia walk skipped: no known peers yet");
+            }
+        }
+        if now >= self.next_prune {
+            self.next_prune = now + self.config.prune_interval;
+            let b = self.swarm.behaviour_mut();
+            let mesh: HashSet<PeerId> = b.gossipsub.all_mesh_peers().copied().collect();
+            b.gate.manager.mesh_peers(mesh);
+            for (peer, class) in b.gate.manager.prune(now) {
+                self.metrics
+                    .pruned
+                    .get_or_create(&[("class", class.label())])
+                    .inc();
+                debug!(%peer, class = class.label(), "pruned above target + slack");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
         }
     }
 
-    fn dial_due(&mut self) {
-        let now = Instant::now();
+    /// Tells the gate how many user DHT queries run (their dials pass at target).
+    fn sync_user_queries(&mut self) {
+        let n = self.pending_providers.len() + self.providing.len();
+        self.swarm.behaviour_mut().gate.manager.set_user_queries(n);
+    }
+
+    fn update_connection_gauges(&mut self) {
+        let (out, inb) = self.swarm.behaviour().gate.manager.by_direction();
+        let c = &self.metrics.connections;
+        c.get_or_create(&[("direction", "outbound")])
+            .set(out as i64);
+        c.get_or_create(&[("direction", "inbound")]).set(inb as i64);
+    }
+
+    /// Dials the bootstrap and static peers that are due (approved: they pass at target).
+    fn dial_due(&mut self, now: Instant) {
         for due in self.dialer.due(now) {
             let mut addr = due.addr.clone();
             let opts = match due.peer {
@@ -303,6 +384,7 @@ impl Actor {
                     .build(),
             };
             let conn = opts.connection_id();
+            self.swarm.behaviour_mut().gate.approve_dial(conn);
             match self.swarm.dial(opts) {
                 Ok(()) => self.dialer.dialing(due.index, conn),
                 Err(e) => {
@@ -339,6 +421,10 @@ impl Actor {
                     }));
                     return;
                 }
+                // A request is purposeful: its dial passes at target, and the peer is not pruned
+                // while it runs.
+                let until = Instant::now() + self.config.request_timeout;
+                self.swarm.behaviour_mut().gate.manager.busy(peer, until);
                 let id = self.swarm.behaviour_mut().rr.send_request(&peer, request);
                 self.pending_requests.insert(id, reply);
             }
@@ -347,9 +433,14 @@ impl Actor {
                 if let Some(peer) = peer {
                     self.swarm.behaviour_mut().kad.add_address(&peer, plain);
                 }
+                let opts = DialOpts::from(addr.clone());
+                self.swarm
+                    .behaviour_mut()
+                    .gate
+                    .approve_dial(opts.connection_id());
                 let r = self
                     .swarm
-                    .dial(addr.clone())
+                    .dial(opts)
                     .map_err(|e| NetError::Dial(addr.to_string(), e.to_string()));
                 let _ = reply.send(r);
             }
@@ -359,9 +450,15 @@ impl Actor {
                     .behaviour_mut()
                     .kad
                     .start_providing(kad::RecordKey::new(&key))
-                    .map(|_| ())
                     .map_err(|e| NetError::Dht(e.to_string()));
-                let _ = reply.send(r);
+                if let Ok(id) = &r {
+                    if self.providing.len() >= MAX_USER_QUERIES {
+                        self.providing.clear();
+                    }
+                    self.providing.insert(*id);
+                    self.sync_user_queries();
+                }
+                let _ = reply.send(r.map(|_| ()));
             }
             Command::FindProviders(key, reply) => {
                 let id = self
@@ -369,7 +466,16 @@ impl Actor {
                     .behaviour_mut()
                     .kad
                     .get_providers(kad::RecordKey::new(&key));
+                if self.pending_providers.len() >= MAX_USER_QUERIES {
+                    // Bounded: answer the oldest-looking one with what it has (none, usually).
+                    if let Some(k) = self.pending_providers.keys().next().copied()
+                        && let Some((found, r)) = self.pending_providers.remove(&k)
+                    {
+                        let _ = r.send(Ok(found));
+                    }
+                }
                 self.pending_providers.insert(id, (vec![], reply));
+                self.sync_user_queries();
             }
         }
     }
@@ -421,7 +527,10 @@ impl Actor {
                 endpoint,
                 ..
             } => {
-                self.dialer.established(connection_id, peer_id);
+                if self.dialer.established(connection_id, peer_id) {
+                    self.swarm.behaviour_mut().gate.manager.protect(peer_id);
+                }
+                self.update_connection_gauges();
                 let remote = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => address.clone(),
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
@@ -436,6 +545,7 @@ impl Actor {
             }
             SwarmEvent::ConnectionClosed { peer_id, .. } if self.peers.disconnected(&peer_id) => {
                 debug!(%peer_id, "peer disconnected");
+                self.update_connection_gauges();
                 self.guard.disconnected(&peer_id);
                 self.metrics.connected_peers.set(self.peers.len() as i64);
                 self.dialer.disconnected(&peer_id, Instant::now());
@@ -484,6 +594,14 @@ impl Actor {
                         for addr in info.listen_addrs.iter().take(8) {
                             self.kad_insert(peer_id, addr.clone());
                         }
+                        // Where to find it again, should the connection drop.
+                        let addrs: Vec<Multiaddr> =
+                            info.listen_addrs.iter().take(8).cloned().collect();
+                        self.swarm.behaviour_mut().gate.manager.candidate(
+                            peer_id,
+                            &addrs,
+                            Instant::now(),
+                        );
                     }
                     self.peers
                         .identified(&peer_id, info.agent_version, info.listen_addrs);
@@ -498,6 +616,7 @@ impl Actor {
                 } = e
                 {
                     self.peers.rtt(&peer, rtt.as_secs_f64() * 1000.0);
+                    self.swarm.behaviour_mut().gate.manager.rtt(&peer, rtt);
                 }
             }
             BehaviourEvent::Kad(e) => {
@@ -515,16 +634,16 @@ impl Actor {
                     self.on_gossip(propagation_source, message_id, message);
                 }
             }
+            // A LAN peer is a candidate like any other: dialed only if the node needs a peer.
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let now = Instant::now();
                 for (peer, addr) in found {
-                    self.kad_insert(peer, addr);
-                    if !self.swarm.is_connected(&peer) {
-                        let _ = self.swarm.dial(
-                            DialOpts::peer_id(peer)
-                                .condition(PeerCondition::DisconnectedAndNotDialing)
-                                .build(),
-                        );
-                    }
+                    self.kad_insert(peer, addr.clone());
+                    self.swarm
+                        .behaviour_mut()
+                        .gate
+                        .manager
+                        .candidate(peer, &[addr], now);
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
@@ -537,19 +656,23 @@ impl Actor {
         match event {
             // Manual inserts: a connected peer with a listen address, not yet in the table.
             kad::Event::RoutablePeer { peer, address } => self.kad_insert(peer, address),
-            kad::Event::RoutingUpdated { peer, .. }
-                if !self.swarm.is_connected(&peer)
-                    && self.peers.len() < self.config.target_peers =>
-            {
-                let _ = self.swarm.dial(
-                    DialOpts::peer_id(peer)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build(),
-                );
+            // A peer in the table is a candidate; the connection manager decides whether to dial.
+            kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            } => {
+                let addrs: Vec<Multiaddr> = addresses.iter().take(8).cloned().collect();
+                self.swarm
+                    .behaviour_mut()
+                    .gate
+                    .manager
+                    .candidate(peer, &addrs, Instant::now());
             }
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             } => {
+                if step.last && self.providing.remove(&id) {
+                    self.sync_user_queries();
+                }
                 if let kad::QueryResult::GetProviders(r) = result {
                     if let Some((found, _)) = self.pending_providers.get_mut(&id)
                         && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r
@@ -562,6 +685,7 @@ impl Actor {
                         && let Some((found, reply)) = self.pending_providers.remove(&id)
                     {
                         let _ = reply.send(Ok(found));
+                        self.sync_user_queries();
                     }
                 } else if let kad::QueryResult::Bootstrap(Err(e)) = result {
                     debug!(error = %e, "kademlia bootstrap step failed");
@@ -656,6 +780,9 @@ impl Actor {
                         self.offend(peer, Offence::QuotaExceeded(Proto::Rr));
                         return;
                     }
+                    // Not pruned while we answer.
+                    let until = Instant::now() + self.config.request_timeout;
+                    self.swarm.behaviour_mut().gate.manager.busy(peer, until);
                     let (tx, rx) = oneshot::channel();
                     self.replies
                         .push(Box::pin(async move { (rx.await.ok(), channel) }));

@@ -66,9 +66,10 @@ impl Behaviour {
     ) -> Result<Self, NetError> {
         // The gate must stay the first field: it tags the codec with each connection's peer
         // just before request-response (the last field) clones the codec for the connection.
-        let gate = gate::Behaviour::new(config, metrics, codec_peer);
         let peer_id = key.public().to_peer_id();
-        let limits = connection_limits::Behaviour::new(
+        let gate = gate::Behaviour::new(config, peer_id, metrics, codec_peer);
+        // The hard ceilings; the degree itself is the connection manager's (in the gate).
+        let mut limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(config.max_connections))
                 .with_max_established_per_peer(Some(config.max_connections_per_peer))
@@ -77,6 +78,14 @@ impl Behaviour {
                     config,
                 ))),
         );
+        for peer in &config.allow_list {
+            limits.bypass_peer_id(peer);
+        }
+        for addr in &config.static_peers {
+            if let (_, Some(peer)) = crate::dialer::split_peer(addr) {
+                limits.bypass_peer_id(&peer);
+            }
+        }
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
                 .with_agent_version(format!("agora/{}", agora_types::VERSION))
@@ -85,7 +94,11 @@ impl Behaviour {
         let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)));
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-        kad_config.set_periodic_bootstrap_interval(Some(config.kad_bootstrap_interval));
+        // No walk of its own: the connection manager starts walks, below target only. (Kademlia
+        // still walks by itself after a routing-table insert while the table holds fewer than
+        // k = 20 peers; its dials are refused by the gate at target, and the table grows past k
+        // while the node is below it, which ends those walks.)
+        kad_config.set_periodic_bootstrap_interval(None);
         kad_config.set_query_timeout(Duration::from_secs(30));
         kad_config.disjoint_query_paths(true);
         kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
@@ -93,6 +106,7 @@ impl Behaviour {
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         kad.set_mode(Some(kad::Mode::Server));
 
+        let mesh = MeshDegree::for_config(config);
         let gossip_config = gossipsub::ConfigBuilder::default()
             .validation_mode(gossipsub::ValidationMode::Strict)
             .validate_messages()
@@ -103,6 +117,10 @@ impl Behaviour {
             // a small limit would cut honest peers off during bursts.
             .max_transmit_size(limits::MAX_GOSSIP_BYTES + GOSSIP_ENVELOPE_BYTES)
             .heartbeat_interval(config.gossip_heartbeat)
+            .mesh_n(mesh.n)
+            .mesh_n_low(mesh.n_low)
+            .mesh_n_high(mesh.n_high)
+            .mesh_outbound_min(mesh.outbound_min)
             .build()
             .map_err(|e| NetError::Setup(format!("gossipsub config: {e}")))?;
         let mut gossipsub = gossipsub::Behaviour::new(
@@ -147,6 +165,31 @@ impl Behaviour {
             mdns: mdns.into(),
             rr,
         })
+    }
+}
+
+/// GossipSub's mesh degrees, sized to the connection manager's degree so that the mesh forms
+/// from kept peers and never needs more connections than the node holds: `mesh_n = min(T, 6)`
+/// (6 is GossipSub's default), `mesh_n_low = max(1, mesh_n - 1)`, `mesh_n_high = max(T + S,
+/// mesh_n)`, `mesh_outbound_min = mesh_n / 3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MeshDegree {
+    pub n: usize,
+    pub n_low: usize,
+    pub n_high: usize,
+    pub outbound_min: usize,
+}
+
+impl MeshDegree {
+    pub fn for_config(config: &Config) -> Self {
+        let t = config.target_peers.max(1);
+        let n = t.min(6);
+        MeshDegree {
+            n,
+            n_low: n.saturating_sub(1).max(1),
+            n_high: (t + config.slack()).max(n),
+            outbound_min: n / 3,
+        }
     }
 }
 
@@ -226,6 +269,33 @@ mod tests {
         p.validate().unwrap();
         t.validate().unwrap();
         assert_eq!(p.topics.len(), Topic::ALL.len());
+    }
+
+    #[test]
+    fn mesh_degrees_fit_the_target_and_pass_gossipsub_checks() {
+        for t in [1, 2, 3, 4, 5, 6, 8, 12, 32, 50] {
+            let mut c = Config::local();
+            c.target_peers = t;
+            let m = MeshDegree::for_config(&c);
+            assert!(m.n <= t && m.n_high <= t + c.slack(), "{t}: {m:?}");
+            assert!(m.outbound_min <= m.n_low && m.n_low <= m.n && m.n <= m.n_high);
+            assert!(m.outbound_min * 2 <= m.n);
+            let key = Keypair::generate_ed25519();
+            let codec = Codec::new(1024, Default::default());
+            Behaviour::new(&key, &c, codec, PeerTag::default(), NetMetrics::default())
+                .unwrap_or_else(|e| panic!("T = {t}: {e}"));
+        }
+        let mut c = Config::local();
+        c.target_peers = 8;
+        assert_eq!(
+            MeshDegree::for_config(&c),
+            MeshDegree {
+                n: 6,
+                n_low: 5,
+                n_high: 10,
+                outbound_min: 2
+            }
+        );
     }
 
     #[test]

@@ -14,7 +14,12 @@
 //!   by Identify or mDNS) are tried protected peers first, then the most recently seen. Every
 //!   attempt backs the candidate off (`redial_backoff`, doubling up to `max_redial_backoff`);
 //!   a connection resets it. Dials other behaviours start (Kademlia queries) are allowed below
-//!   `T` only; purposeful ones (a request to a peer, an approved dial) always.
+//!   `T` only; purposeful ones (a request to a peer, an approved dial) always. The node's own
+//!   dials (the manager's and Kademlia's) are paced: after a failed one the next waits
+//!   `redial_backoff`, doubling with each further failure up to `kad_bootstrap_interval`, and
+//!   a connection resets the pace. A node that cannot find room (every candidate full, or
+//!   pruned it) so slows down to one attempt per slowest walk instead of cycling through its
+//!   candidates.
 //! - **Inbound.** Accepted while `connected < T + S + E`, refused before Noise beyond. The band
 //!   `T + S .. T + S + E` lets a newcomer in when everyone is "full"; pruning brings the node
 //!   back to `T + S`.
@@ -22,9 +27,12 @@
 //!   peers first (connections opened for one request while at target), then inbound peers in
 //!   no GossipSub mesh, inbound mesh peers, and outbound peers while more than `O` remain.
 //!   Within a class the highest round trip goes first, ties broken by `blake3(local || peer)`
-//!   (stable, different on every node). Protected peers (static, allow list) and peers with a
-//!   request in flight are never pruned. A pruned peer is neither dialed nor accepted for
-//!   `prune_backoff`, so two nodes cannot ping-pong.
+//!   (stable, different on every node). Protected peers (static, allow list), peers with a
+//!   request in flight and peers connected less than one `prune_interval` ago are not pruned:
+//!   a newcomer dialed us because it needs a peer, so an older peer goes instead (it has had
+//!   time to find others). A pruned peer is neither dialed nor kept for `prune_backoff` (it may
+//!   still connect to us, for a request, as a transient peer), so two nodes cannot ping-pong; a candidate's redial backoff grows up to `prune_backoff` too,
+//!   since a refused dial most likely met a peer that pruned us or is full.
 //! - **Walks.** A Kademlia walk is due only below `T`, every `walk_interval`, doubling up to
 //!   `kad_bootstrap_interval` while walks add no candidate.
 //! - **Isolation.** No peer for `isolation_grace`, or fewer than `O` for ten prune rounds: the
@@ -45,6 +53,14 @@ const MAX_CANDIDATES: usize = 2048;
 const MAX_ADDRS: usize = 8;
 /// Prune rounds below `O` peers after which the node counts as isolated.
 const LOW_ROUNDS: u32 = 10;
+/// A dialed connection counts as a success once it has stayed up this long. A peer without
+/// room refuses us only after the handshake when it learns who we are (pruned, or filled
+/// meanwhile), and that looks like a connection that closes at once: a failure.
+/// 12 s: longer than the 10 s idle timeout of both presets, so that a connection a peer that
+/// pruned us admits as transient (and closes once idle) counts as a refusal too.
+pub(crate) const STABLE: Duration = Duration::from_secs(12);
+/// Dialed connections awaiting [`STABLE`], at most (beyond, they are not tracked: no pace reset).
+const MAX_UNCONFIRMED: usize = 256;
 
 /// Which side opened a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +80,8 @@ pub(crate) enum Deny {
     Pruned,
     /// A dial nobody asked for while `connected + dialing >= T`.
     AtTarget,
+    /// A dial nobody asked for below `T`, before the pace allows the next one.
+    Paced,
 }
 
 /// Why a dial is let through (for `agora_net_dials_total{source}`).
@@ -119,6 +137,7 @@ pub(crate) struct Settings {
     pub excess: usize,
     pub max_dials: usize,
     pub prune_backoff: Duration,
+    pub prune_grace: Duration,
     pub redial_base: Duration,
     pub redial_max: Duration,
     pub isolation_grace: Duration,
@@ -134,8 +153,12 @@ impl Settings {
             excess: c.excess(),
             max_dials: c.max_concurrent_dials.max(1),
             prune_backoff: c.prune_backoff,
+            prune_grace: c.prune_interval,
             redial_base: c.redial_backoff,
-            redial_max: c.max_redial_backoff.max(c.redial_backoff),
+            redial_max: c
+                .max_redial_backoff
+                .max(c.prune_backoff)
+                .max(c.redial_backoff),
             isolation_grace: c.isolation_grace,
             walk_min: c.walk_interval,
             walk_max: c.kad_bootstrap_interval.max(c.walk_interval),
@@ -153,6 +176,7 @@ struct Peer {
     conns: HashMap<ConnectionId, Direction>,
     transient: bool,
     rtt: Option<Duration>,
+    since: Instant,
 }
 
 impl Peer {
@@ -193,12 +217,19 @@ pub(crate) struct ConnManager {
     next_walk: Instant,
     walk_every: Duration,
     candidates_at_walk: usize,
+    /// The node's own next dial (manager or discovery) waits until then...
+    next_dial: Instant,
+    /// ...and the one after a failure `pace` later (doubling while they fail).
+    pace: Duration,
+    /// Our own dials that connected, until they have lived [`STABLE`].
+    unconfirmed: HashMap<ConnectionId, (PeerId, Instant)>,
 }
 
 impl ConnManager {
     pub fn new(s: Settings, local: PeerId, now: Instant) -> Self {
         ConnManager {
             walk_every: s.walk_min,
+            pace: s.redial_base,
             s,
             local,
             peers: HashMap::new(),
@@ -214,23 +245,26 @@ impl ConnManager {
             low_rounds: 0,
             next_walk: now,
             candidates_at_walk: 0,
+            next_dial: now,
+            unconfirmed: HashMap::new(),
         }
     }
 
     /// Connected peers (transient ones included).
+    #[cfg(test)]
     pub fn connected(&self) -> usize {
         self.peers.len()
-    }
-
-    /// Dials in flight.
-    pub fn dialing(&self) -> usize {
-        self.dialing.len()
     }
 
     /// Connected peers with an outbound connection, and the rest.
     pub fn by_direction(&self) -> (usize, usize) {
         let out = self.peers.values().filter(|p| p.outbound()).count();
         (out, self.peers.len() - out)
+    }
+
+    /// Whether any peer is known to dial.
+    pub fn has_candidates(&self) -> bool {
+        !self.candidates.is_empty()
     }
 
     /// Static and allow-list peers: dialed first, never pruned, never refused at target.
@@ -313,15 +347,15 @@ impl ConnManager {
         }
     }
 
-    /// An inbound connection whose peer is now known: refused while that peer is pruned, and
-    /// (a new peer) when handshakes in flight have filled `T + S + E` meanwhile.
-    pub fn admit_inbound_peer(&self, peer: &PeerId, now: Instant) -> Result<(), Deny> {
+    /// An inbound connection whose peer is now known: refused (a new peer) when handshakes in
+    /// flight have filled `T + S + E` meanwhile. `Ok(true)`: kept. `Ok(false)`: a peer pruned
+    /// less than `prune_backoff` ago, admitted as transient (it may have a request for us) but
+    /// not kept alive, and the first to go at the next prune.
+    pub fn admit_inbound_peer(&self, peer: &PeerId, now: Instant) -> Result<bool, Deny> {
         if self.protected.contains(peer) || self.peers.contains_key(peer) {
-            Ok(())
-        } else if self.pruned_now(peer, now) {
-            Err(Deny::Pruned)
+            Ok(true)
         } else {
-            self.admit_inbound()
+            self.admit_inbound().map(|()| !self.pruned_now(peer, now))
         }
     }
 
@@ -348,10 +382,13 @@ impl ConnManager {
             DialKind::Approved
         } else if peer.is_some_and(|p| self.pruned_now(&p, now)) && !purposeful {
             return Err(Deny::Pruned);
-        } else if self.peers.len() + self.dialing.len() < self.s.target {
+        } else if self.peers.len() + self.dialing.len() < self.s.target && now >= self.next_dial {
+            self.next_dial = now + self.pace;
             DialKind::Discovery
         } else if purposeful {
             DialKind::Purposeful
+        } else if self.peers.len() + self.dialing.len() < self.s.target {
+            return Err(Deny::Paced);
         } else {
             return Err(Deny::AtTarget);
         };
@@ -361,32 +398,84 @@ impl ConnManager {
 
     /// A dial failed (or was denied further on).
     pub fn dial_failed(&mut self, conn: ConnectionId) {
-        self.dialing.remove(&conn);
+        if let Some((_, kind)) = self.dialing.remove(&conn)
+            && kind != DialKind::Purposeful
+        {
+            self.slow_down();
+        }
+    }
+
+    /// Our own dial met no room: the next one waits twice as long.
+    fn slow_down(&mut self) {
+        self.pace = (self.pace * 2).min(self.s.walk_max.max(self.s.redial_base));
+    }
+
+    /// Dialed connections that have lived [`STABLE`] are successes: the pace and their
+    /// candidate's backoff start over.
+    fn confirm(&mut self, now: Instant) {
+        if self.unconfirmed.is_empty() {
+            return;
+        }
+        let done: Vec<(ConnectionId, PeerId)> = self
+            .unconfirmed
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= STABLE)
+            .map(|(c, (p, _))| (*c, *p))
+            .collect();
+        for (conn, peer) in done {
+            self.unconfirmed.remove(&conn);
+            self.pace = self.s.redial_base;
+            if let Some(c) = self.candidates.get_mut(&peer) {
+                c.backoff = self.s.redial_base;
+                c.retry_at = None;
+            }
+        }
     }
 
     /// A connection is up. Returns whether the node keeps it (keep-alive), false for a
     /// transient one.
-    pub fn established(&mut self, peer: PeerId, conn: ConnectionId, dir: Direction) -> bool {
+    pub fn established(
+        &mut self,
+        peer: PeerId,
+        conn: ConnectionId,
+        dir: Direction,
+        now: Instant,
+    ) -> bool {
         let kind = self.dialing.remove(&conn).map(|(_, k)| k);
-        let transient = dir == Direction::Outbound && kind == Some(DialKind::Purposeful);
+        let transient = (dir == Direction::Outbound && kind == Some(DialKind::Purposeful))
+            || (dir == Direction::Inbound
+                && !self.peers.contains_key(&peer)
+                && !self.protected.contains(&peer)
+                && self.pruned_now(&peer, now));
+        if kind.is_some() && !transient && self.unconfirmed.len() < MAX_UNCONFIRMED {
+            self.unconfirmed.insert(conn, (peer, now));
+        }
         let p = self.peers.entry(peer).or_insert(Peer {
             conns: HashMap::new(),
             transient,
             rtt: None,
+            since: now,
         });
         p.transient &= transient;
         p.conns.insert(conn, dir);
         let keep = !p.transient;
-        if let Some(c) = self.candidates.get_mut(&peer) {
-            c.backoff = self.s.redial_base;
-            c.retry_at = None;
-        }
         self.alone_since = None;
         keep
     }
 
     /// A connection closed.
     pub fn closed(&mut self, peer: &PeerId, conn: ConnectionId, now: Instant) {
+        let refused = self
+            .unconfirmed
+            .remove(&conn)
+            .is_some_and(|(_, at)| now.saturating_duration_since(at) < STABLE);
+        if refused {
+            // It pruned us or filled up: it would refuse us again until its prune backoff ends.
+            self.slow_down();
+            if let Some(c) = self.candidates.get_mut(peer) {
+                c.backoff = self.s.redial_max;
+            }
+        }
         if let Some(p) = self.peers.get_mut(peer) {
             p.conns.remove(&conn);
             if p.conns.is_empty() {
@@ -410,6 +499,7 @@ impl ConnManager {
     /// Peers to dial now: at most `T - connected - dialing`, and at most `max_concurrent_dials`
     /// in flight. Each is backed off until it connects.
     pub fn dials(&mut self, now: Instant) -> Vec<Dial> {
+        self.confirm(now);
         let busy = self.peers.len() + self.dialing.len();
         let room = self
             .s
@@ -417,6 +507,10 @@ impl ConnManager {
             .saturating_sub(busy)
             .min(self.s.max_dials.saturating_sub(self.dialing.len()));
         let mut out: Vec<Dial> = Vec::new();
+        if room == 0 || now < self.next_dial {
+            // At target (the common case, every tick), or paced: nothing to sort.
+            return out;
+        }
         let in_flight: HashSet<PeerId> = self.dialing.values().filter_map(|(p, _)| *p).collect();
         let mut pick: Vec<(bool, Instant, PeerId)> = self
             .candidates
@@ -430,11 +524,12 @@ impl ConnManager {
             })
             .map(|(p, c)| (self.protected.contains(p), c.seen, *p))
             .collect();
-        if pick.is_empty() || room == 0 {
+        if pick.is_empty() {
             return out;
         }
         // Protected first, then the most recently seen; ties by peer id for determinism.
         pick.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        self.next_dial = now + self.pace;
         for (_, _, peer) in pick.into_iter().take(room) {
             let Some(c) = self.candidates.get_mut(&peer) else {
                 continue;
@@ -486,7 +581,11 @@ impl ConnManager {
         let mut order: Vec<(PruneClass, Duration, [u8; 32], PeerId)> = self
             .peers
             .iter()
-            .filter(|(peer, _)| !self.protected.contains(*peer) && !self.busy_now(peer, now))
+            .filter(|(peer, p)| {
+                !self.protected.contains(*peer)
+                    && !self.busy_now(peer, now)
+                    && (p.transient || now.saturating_duration_since(p.since) >= self.s.prune_grace)
+            })
             .map(|(peer, p)| {
                 let rtt = p.rtt.unwrap_or(Duration::ZERO);
                 (self.class(peer, p), rtt, self.tie(peer), *peer)
@@ -536,6 +635,8 @@ impl ConnManager {
         }
         self.next_walk = now;
         self.walk_every = self.s.walk_min;
+        self.next_dial = now;
+        self.pace = self.s.redial_base;
         true
     }
 
@@ -562,10 +663,15 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
+    /// The local preset's numbers at degree `target`, without the prune grace (tests of the
+    /// grace set it themselves).
     fn settings(target: usize) -> Settings {
         let mut c = Config::local();
         c.target_peers = target;
-        Settings::from_config(&c)
+        Settings {
+            prune_grace: Duration::ZERO,
+            ..Settings::from_config(&c)
+        }
     }
 
     fn id(i: u32) -> PeerId {
@@ -590,7 +696,7 @@ mod tests {
         if dir == Direction::Outbound {
             m.allow_outbound(conn(n), Some(peer), true, now).unwrap();
         }
-        m.established(peer, conn(n), dir)
+        m.established(peer, conn(n), dir, now)
     }
 
     #[test]
@@ -636,7 +742,7 @@ mod tests {
             m.allow_outbound(conn(3), Some(id(9)), false, now),
             Ok(DialKind::Purposeful)
         );
-        assert!(!m.established(id(9), conn(3), Direction::Outbound));
+        assert!(!m.established(id(9), conn(3), Direction::Outbound, now));
         assert!(!m.keep(&id(9)) && m.keep(&id(1)));
     }
 
@@ -675,7 +781,7 @@ mod tests {
         // Now at 7 >= T: the next unasked dial is purposeful (transient).
         m.allow_outbound(conn(12), Some(transient), false, now)
             .unwrap();
-        assert!(!m.established(transient, conn(12), Direction::Outbound));
+        assert!(!m.established(transient, conn(12), Direction::Outbound, now));
         m.protect(protected);
         m.busy(busy, now + Duration::from_secs(60));
         m.mesh_peers([mesh].into());
@@ -744,6 +850,90 @@ mod tests {
     }
 
     #[test]
+    fn failed_dials_slow_the_node_down_and_a_connection_resets_the_pace() {
+        let now = Instant::now();
+        let s = settings(4);
+        let (base, max) = (s.redial_base, s.walk_max);
+        let mut m = ConnManager::new(s, id(0), now);
+        for i in 1..=50 {
+            m.candidate(id(i), &[addr()], now);
+        }
+        // Every dial is refused: count the attempts over a minute, manager and discovery.
+        let mut t = now;
+        let (mut attempts, mut n) = (0, 0);
+        let step = Duration::from_millis(250);
+        while t < now + Duration::from_secs(60) {
+            for d in m.dials(t) {
+                n += 1;
+                m.allow_outbound(conn(n), Some(d.peer), true, t).unwrap();
+                m.dial_failed(conn(n));
+                attempts += 1;
+            }
+            n += 1;
+            if m.allow_outbound(conn(n), Some(id(999)), false, t).is_ok() {
+                m.dial_failed(conn(n));
+                attempts += 1;
+            }
+            t += step;
+        }
+        // Unpaced, four dials every tick would be ~960; paced, the gaps double up to `max`.
+        let bound = 60 / max.as_secs().max(1) as usize * 5 + 20;
+        assert!(
+            attempts <= bound,
+            "{attempts} attempts in a minute (bound {bound})"
+        );
+        assert_eq!(
+            m.allow_outbound(conn(n + 1), Some(id(998)), false, t),
+            Err(Deny::Paced)
+        );
+        // A connection resets the pace: the next dial may go at once after it.
+        let t = t + max;
+        m.allow_outbound(conn(n + 2), Some(id(1)), true, t).unwrap();
+        m.established(id(1), conn(n + 2), Direction::Outbound, t);
+        assert!(!m.dials(t + STABLE).is_empty());
+        assert_eq!(m.pace, base);
+
+        // A connection the remote closes at once (it refused us after the handshake) is a
+        // failure, not a success.
+        let mut m = ConnManager::new(settings(4), id(0), now);
+        m.candidate(id(1), &[addr()], now);
+        assert_eq!(m.dials(now).len(), 1);
+        m.allow_outbound(conn(1), Some(id(1)), true, now).unwrap();
+        m.established(id(1), conn(1), Direction::Outbound, now);
+        let t = now + Duration::from_millis(20);
+        m.closed(&id(1), conn(1), t);
+        assert_eq!(m.pace, base * 2);
+        assert!(
+            m.dials(t + base).is_empty(),
+            "redialed before the doubled backoff"
+        );
+    }
+
+    #[test]
+    fn newcomers_are_spared_for_one_round_and_older_peers_go_instead() {
+        let now = Instant::now();
+        // T = 2, S = 0: keep 2.
+        let mut s = settings(2);
+        s.slack = 0;
+        s.prune_grace = Duration::from_secs(10);
+        let grace = s.prune_grace;
+        let mut m = ConnManager::new(s, id(0), now);
+        link(&mut m, id(1), 1, Direction::Outbound, now);
+        link(&mut m, id(2), 2, Direction::Inbound, now);
+        link(&mut m, id(3), 3, Direction::Inbound, now);
+        assert!(
+            m.prune(now + grace / 2).is_empty(),
+            "pruned within the grace"
+        );
+        let later = now + grace;
+        // A newcomer arrives: the older inbound peers go first, the newcomer stays.
+        link(&mut m, id(4), 4, Direction::Inbound, later);
+        let p = m.prune(later);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().all(|(peer, _)| *peer != id(4)), "{p:?}");
+    }
+
+    #[test]
     fn no_redial_within_backoff_and_pruned_peers_stay_away() {
         let now = Instant::now();
         let s = settings(4);
@@ -780,13 +970,17 @@ mod tests {
         m.candidate(id(3), &[addr()], now);
         let t = now + backoff / 2;
         assert!(m.dials(t).is_empty());
-        assert_eq!(m.admit_inbound_peer(&id(3), t), Err(Deny::Pruned));
+        assert_eq!(
+            m.admit_inbound_peer(&id(3), t),
+            Ok(false),
+            "admitted, not kept"
+        );
         assert_eq!(
             m.allow_outbound(conn(3), Some(id(3)), false, t),
             Err(Deny::Pruned)
         );
         let t = now + backoff;
-        assert_eq!(m.admit_inbound_peer(&id(3), t), Ok(()));
+        assert_eq!(m.admit_inbound_peer(&id(3), t), Ok(true));
         assert_eq!(m.dials(t).len(), 1);
     }
 
@@ -873,7 +1067,19 @@ mod tests {
             let ids: Vec<PeerId> = (0..n as u32).map(|i| id(i + 1000)).collect();
             let nodes = ids
                 .iter()
-                .map(|p| ConnManager::new(settings(target), *p, now))
+                .enumerate()
+                .map(|(i, p)| {
+                    // With the preset's grace: a newcomer survives its first prune round.
+                    let mut s = Settings {
+                        prune_grace: Config::local().prune_interval,
+                        ..settings(target)
+                    };
+                    if i < HUBS {
+                        // Bootstrap nodes let every newcomer in, then prune back to T + S.
+                        s.excess = n;
+                    }
+                    ConnManager::new(s, *p, now)
+                })
                 .collect();
             let index = ids.iter().enumerate().map(|(i, p)| (*p, i)).collect();
             let mut sim = Sim {
@@ -910,11 +1116,12 @@ mod tests {
             // Dials started last step arrive now.
             for (a, b, c) in std::mem::take(&mut self.pending) {
                 let ok = self.nodes[b].admit_inbound().is_ok()
-                    && self.nodes[b].admit_inbound_peer(&self.ids[a], now).is_ok();
+                    // A pruned peer's dial would be held transient and closed when idle: refused.
+                    && self.nodes[b].admit_inbound_peer(&self.ids[a], now) == Ok(true);
                 if ok {
                     let (pa, pb) = (self.ids[a], self.ids[b]);
-                    self.nodes[a].established(pb, c, Direction::Outbound);
-                    self.nodes[b].established(pa, c, Direction::Inbound);
+                    self.nodes[a].established(pb, c, Direction::Outbound, now);
+                    self.nodes[b].established(pa, c, Direction::Inbound, now);
                     self.links.entry(Self::key(a, b)).or_default().push(c);
                 } else {
                     self.nodes[a].dial_failed(c);

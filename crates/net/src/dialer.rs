@@ -1,8 +1,9 @@
 //! Keeps bootstrap and static peers dialed, with exponential backoff.
 //!
 //! A pure state machine: the network task asks it which targets are [`Dialer::due`], dials them,
-//! and reports what happened. A bootstrap target is done once it has answered (Kademlia knows it
-//! from then on); a static target is re-dialed every time its connection drops.
+//! and reports what happened. A bootstrap target is done once it has answered (it is then an
+//! ordinary candidate of the connection manager) until the node finds itself isolated
+//! ([`Dialer::rebootstrap`]); a static target is re-dialed every time its connection drops.
 
 use std::time::{Duration, Instant};
 
@@ -114,9 +115,12 @@ impl Dialer {
         self.fail(index, now)
     }
 
-    pub fn established(&mut self, conn: ConnectionId, peer: PeerId) {
+    /// A connection is up; returns whether `peer` is a static target (to protect).
+    pub fn established(&mut self, conn: ConnectionId, peer: PeerId) -> bool {
+        let mut is_static = false;
         for t in &mut self.targets {
             let ours = t.state == State::Dialing(conn) || t.peer == Some(peer);
+            is_static |= ours && t.keep;
             if ours && t.state != State::Done {
                 t.peer = Some(peer);
                 t.failures = 0;
@@ -126,6 +130,19 @@ impl Dialer {
                 } else {
                     State::Done
                 };
+            }
+        }
+        is_static
+    }
+
+    /// The node is isolated: every bootstrap target that answered once is due again, with a
+    /// fresh backoff (those still being retried keep their schedule).
+    pub fn rebootstrap(&mut self, now: Instant) {
+        for t in &mut self.targets {
+            if !t.keep && t.state == State::Done {
+                t.state = State::Due(now);
+                t.backoff = self.base;
+                t.failures = 0;
             }
         }
     }
@@ -159,6 +176,11 @@ impl Dialer {
                 t.state = State::Due(now + self.base);
             }
         }
+    }
+
+    /// Whether any bootstrap target is configured.
+    pub fn has_bootstrap(&self) -> bool {
+        self.targets.iter().any(|t| !t.keep)
     }
 
     /// True while no bootstrap target has answered yet (and there is at least one).
@@ -209,8 +231,18 @@ mod tests {
             Duration::from_millis(300)
         );
         d.dialing(0, c);
-        d.established(c, PeerId::random());
+        assert!(
+            !d.established(c, PeerId::random()),
+            "a bootstrap peer is not static"
+        );
         assert!(!d.bootstrap_pending());
+        assert!(
+            d.due(now + Duration::from_secs(60)).is_empty(),
+            "done once answered"
+        );
+        // Isolated: the bootstrap peer is due again at once.
+        d.rebootstrap(now);
+        assert_eq!(d.due(now).len(), 1);
 
         let p = PeerId::random();
         let s: Multiaddr = format!("/ip4/127.0.0.1/tcp/2/p2p/{p}").parse().unwrap();
@@ -224,8 +256,13 @@ mod tests {
         let due = d.due(now);
         assert_eq!(due[0].peer, Some(p));
         d.dialing(0, c);
-        d.established(c, p);
+        assert!(d.established(c, p));
         assert!(d.due(now + Duration::from_secs(5)).is_empty());
+        d.rebootstrap(now);
+        assert!(
+            d.due(now).is_empty(),
+            "static targets are not bootstrap targets"
+        );
         d.disconnected(&p, now);
         assert_eq!(d.due(now + Duration::from_millis(50)).len(), 1);
     }

@@ -12,7 +12,23 @@
 //!   ([`crate::guard`]) until the block expires;
 //! - `unauthorized`: in [`Authorization::Permissioned`] mode, any connection with a peer in
 //!   neither the authorized set ([`crate::NetHandle::set_authorized`]) nor
-//!   [`Config::allow_list`].
+//!   [`Config::allow_list`];
+//! - `over_capacity`: an inbound connection while the node holds `T + S + E` peers (see
+//!   [`crate::connmgr`]), refused before Noise where the count already says so, and again once
+//!   the peer is known (handshakes in flight may have filled the band meanwhile);
+//! - `pruned`: a dial nobody asked for to a peer the connection manager pruned less than
+//!   [`Config::prune_backoff`] ago (such a peer dialing us is admitted, as a transient
+//!   connection that is not kept alive: it may have a request for us);
+//! - `at_target`: a dial nobody asked for (a Kademlia query's, say) while the node is at its
+//!   target degree. Dials the actor approved (the manager's, bootstrap, static,
+//!   [`crate::NetHandle::dial`]) and purposeful ones (a request to the peer, a user DHT query)
+//!   pass;
+//! - `paced`: such a dial below target, sooner than the manager's pace allows (it slows down
+//!   while the node's dials find no room).
+//!
+//! The gate owns the [`ConnManager`]: it sees every connection first, so it feeds the manager
+//! every dial, establishment, closure and failure, and its connection handler keeps the
+//! connections the manager keeps alive (and lets transient ones close when idle).
 //!
 //! A refused connection never reaches the other behaviours or the node: no `PeerConnected`,
 //! no request, no gossip. Peers already connected when they lose authorization or get blocked
@@ -26,21 +42,27 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::DeniedUpgrade;
 use libp2p::core::{ConnectedPoint, Endpoint, Multiaddr};
+use libp2p::swarm::handler::ConnectionEvent;
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm, dummy,
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
+    NetworkBehaviour, SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use tracing::debug;
 
 use crate::codec::PeerTag;
 use crate::config::{Authorization, Config};
+use crate::connmgr::{ConnManager, Deny, Direction, Settings};
 use crate::metrics::NetMetrics;
 use crate::peers::ip_of;
 use crate::rate::TokenBucket;
 
 /// The most peers blocked at once; beyond it the block expiring first is dropped.
 const MAX_BLOCKED: usize = 65_536;
+/// Dials approved by the actor and not yet seen by the gate, at most (each is seen at once, in
+/// the same `Swarm::dial` call, or fails there).
+const MAX_APPROVED: usize = 1024;
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +75,25 @@ pub(crate) enum Refusal {
     Blocked,
     #[error("peer is not authorized")]
     Unauthorized,
+    #[error("at capacity: target + slack + excess peers connected")]
+    OverCapacity,
+    #[error("peer was pruned recently")]
+    Pruned,
+    #[error("at target degree: dial not needed")]
+    AtTarget,
+    #[error("below target, but the last dials found no room: paced")]
+    Paced,
+}
+
+impl From<Deny> for Refusal {
+    fn from(d: Deny) -> Self {
+        match d {
+            Deny::OverCapacity => Refusal::OverCapacity,
+            Deny::Pruned => Refusal::Pruned,
+            Deny::AtTarget => Refusal::AtTarget,
+            Deny::Paced => Refusal::Paced,
+        }
+    }
 }
 
 impl Refusal {
@@ -62,6 +103,10 @@ impl Refusal {
             Refusal::PerIp => "per_ip",
             Refusal::Blocked => "blocked",
             Refusal::Unauthorized => "unauthorized",
+            Refusal::OverCapacity => "over_capacity",
+            Refusal::Pruned => "pruned",
+            Refusal::AtTarget => "at_target",
+            Refusal::Paced => "paced",
         }
     }
 }
@@ -78,10 +123,19 @@ pub(crate) struct Behaviour {
     metrics: NetMetrics,
     /// Set to each admitted connection's peer, for the request-response codec (see `codec`).
     codec_peer: PeerTag,
+    /// Whom the node stays connected to.
+    pub manager: ConnManager,
+    /// Dials the actor asked for, by connection id, until the gate sees them.
+    approved: HashSet<ConnectionId>,
 }
 
 impl Behaviour {
-    pub fn new(config: &Config, metrics: NetMetrics, codec_peer: PeerTag) -> Self {
+    pub fn new(config: &Config, local: PeerId, metrics: NetMetrics, codec_peer: PeerTag) -> Self {
+        let now = Instant::now();
+        let mut manager = ConnManager::new(Settings::from_config(config), local, now);
+        for peer in &config.allow_list {
+            manager.protect(*peer);
+        }
         Behaviour {
             mode: config.authorization,
             allow: config.allow_list.iter().copied().collect(),
@@ -90,10 +144,22 @@ impl Behaviour {
             max_per_ip: config.max_connections_per_ip,
             per_ip: HashMap::new(),
             conn_ip: HashMap::new(),
-            handshakes: TokenBucket::new(config.inbound_handshake_rate, Instant::now()),
+            handshakes: TokenBucket::new(config.inbound_handshake_rate, now),
             metrics,
             codec_peer,
+            manager,
+            approved: HashSet::new(),
         }
+    }
+
+    /// The actor is about to dial `conn` on purpose (the manager's choice, a bootstrap or static
+    /// peer, `NetHandle::dial`): let it through whatever the degree.
+    pub fn approve_dial(&mut self, conn: ConnectionId) {
+        if self.approved.len() >= MAX_APPROVED {
+            // Cannot happen (each approval is consumed in the same `Swarm::dial`); stay bounded.
+            self.approved.clear();
+        }
+        self.approved.insert(conn);
     }
 
     /// Whether `peer` may be connected, as far as authorization goes.
@@ -180,7 +246,7 @@ impl Behaviour {
 }
 
 impl NetworkBehaviour for Behaviour {
-    type ConnectionHandler = dummy::ConnectionHandler;
+    type ConnectionHandler = KeepAlive;
     type ToSwarm = Infallible;
 
     fn handle_pending_inbound_connection(
@@ -192,7 +258,10 @@ impl NetworkBehaviour for Behaviour {
         if !self.handshakes.take(Instant::now()) {
             return Err(self.refuse(Refusal::HandshakeRate, None, remote_addr));
         }
-        Ok(())
+        // The earliest point libp2p offers: the TCP accept has happened, Noise has not started.
+        self.manager
+            .admit_inbound()
+            .map_err(|d| self.refuse(d.into(), None, remote_addr))
     }
 
     fn handle_established_inbound_connection(
@@ -208,27 +277,41 @@ impl NetworkBehaviour for Behaviour {
         {
             return Err(self.refuse(Refusal::PerIp, Some(peer), remote_addr));
         }
+        let keep = self
+            .manager
+            .admit_inbound_peer(&peer, Instant::now())
+            .map_err(|d| self.refuse(d.into(), Some(peer), remote_addr))?;
         self.codec_peer.set(peer);
-        Ok(dummy::ConnectionHandler)
+        Ok(KeepAlive { keep })
     }
 
     fn handle_pending_outbound_connection(
         &mut self,
-        _connection_id: ConnectionId,
+        connection_id: ConnectionId,
         maybe_peer: Option<PeerId>,
         addresses: &[Multiaddr],
         _effective_role: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        let approved = self.approved.remove(&connection_id);
+        let addr = addresses.first().cloned().unwrap_or_else(Multiaddr::empty);
         if let Some(peer) = maybe_peer {
-            let addr = addresses.first().cloned().unwrap_or_else(Multiaddr::empty);
             self.check_peer(peer, &addr)?;
         }
-        Ok(vec![])
+        match self
+            .manager
+            .allow_outbound(connection_id, maybe_peer, approved, Instant::now())
+        {
+            Ok(kind) => {
+                self.metrics.dialed(kind.label());
+                Ok(vec![])
+            }
+            Err(d) => Err(self.refuse(d.into(), maybe_peer, &addr)),
+        }
     }
 
     fn handle_established_outbound_connection(
         &mut self,
-        _connection_id: ConnectionId,
+        connection_id: ConnectionId,
         peer: PeerId,
         addr: &Multiaddr,
         _role_override: Endpoint,
@@ -236,7 +319,9 @@ impl NetworkBehaviour for Behaviour {
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.check_peer(peer, addr)?;
         self.codec_peer.set(peer);
-        Ok(dummy::ConnectionHandler)
+        Ok(KeepAlive {
+            keep: self.manager.keeps_dial(&connection_id),
+        })
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
@@ -250,8 +335,21 @@ impl NetworkBehaviour for Behaviour {
                     *self.per_ip.entry(ip).or_default() += 1;
                     self.conn_ip.insert(e.connection_id, ip);
                 }
+                let dir = if e.endpoint.is_dialer() {
+                    Direction::Outbound
+                } else {
+                    Direction::Inbound
+                };
+                self.manager
+                    .established(e.peer_id, e.connection_id, dir, Instant::now());
+            }
+            FromSwarm::DialFailure(e) => {
+                self.approved.remove(&e.connection_id);
+                self.manager.dial_failed(e.connection_id);
             }
             FromSwarm::ConnectionClosed(e) => {
+                self.manager
+                    .closed(&e.peer_id, e.connection_id, Instant::now());
                 if let Some(ip) = self.conn_ip.remove(&e.connection_id)
                     && let Some(n) = self.per_ip.get_mut(&ip)
                 {
@@ -276,5 +374,49 @@ impl NetworkBehaviour for Behaviour {
 
     fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         Poll::Pending
+    }
+}
+
+/// The gate's connection handler: no protocol, only a say in whether the connection stays open.
+/// `keep` is true for the connections the manager keeps (a 10 s idle timeout would close them
+/// otherwise), false for transient ones (a request or a DHT query at target), which then close
+/// once idle.
+pub(crate) struct KeepAlive {
+    keep: bool,
+}
+
+impl ConnectionHandler for KeepAlive {
+    /// A new verdict: keep the connection alive or not.
+    type FromBehaviour = bool;
+    type ToBehaviour = Infallible;
+    type InboundProtocol = DeniedUpgrade;
+    type OutboundProtocol = DeniedUpgrade;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
+        SubstreamProtocol::new(DeniedUpgrade, ())
+    }
+
+    fn on_behaviour_event(&mut self, keep: bool) {
+        self.keep = keep;
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.keep
+    }
+
+    fn poll(
+        &mut self,
+        _: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Self::ToBehaviour>> {
+        Poll::Pending
+    }
+
+    fn on_connection_event(
+        &mut self,
+        _: ConnectionEvent<'_, Self::InboundProtocol, Self::OutboundProtocol>,
+    ) {
+        // `DeniedUpgrade` negotiates nothing: no stream ever reaches this handler.
     }
 }

@@ -15,10 +15,15 @@
 //!
 //! # Discovery
 //!
-//! Bootstrap peers are dialed at start and re-dialed with exponential backoff until one answers;
-//! Kademlia bootstraps at start and periodically, and every peer it learns of is dialed while the
-//! node has fewer than `target_peers` connections. Static peers are kept connected: re-dialed
-//! whenever their connection drops. mDNS adds peers on the LAN.
+//! Bootstrap peers are dialed at start and re-dialed with exponential backoff until one answers,
+//! and again whenever the node finds itself isolated. A connection manager (module `connmgr`,
+//! enforced by the gate) holds the node near [`Config::target_peers`] (`T`) with a little slack
+//! (`S`): peers learned from Kademlia, Identify and mDNS are candidates, dialed only while the
+//! node has fewer than `T` peers; Kademlia walks run only then; inbound connections beyond
+//! `T + S + E` ([`Config::inbound_excess`]) are refused before Noise; above `T + S` the excess is
+//! pruned, inbound peers outside the GossipSub mesh first; a connection opened for one request
+//! at target closes once idle. GossipSub's mesh degree is sized to `T`. Static peers are kept
+//! connected (re-dialed whenever their connection drops) and, like the allow list, never pruned.
 //!
 //! # What it defends against
 //!
@@ -29,8 +34,9 @@
 //!   ([`NetHandle::set_authorized`], fed by the ledger's stake set, plus [`Config::allow_list`])
 //!   complete a connection; peers that leave the set are disconnected at once. Everywhere: a
 //!   global rate of inbound handshakes, at most [`Config::max_connections_per_ip`] connections
-//!   per IP, connection limits in total, per peer and for pending handshakes, and no connection
-//!   at all with a blocked peer.
+//!   per IP, connection limits in total, per peer and for pending handshakes, inbound
+//!   connections beyond the connection manager's band (`T + S + E`) refused before Noise, and no
+//!   connection at all with a blocked peer.
 //! - **How much they send** (module `guard`): per-peer token buckets on direct
 //!   requests and on gossip; the excess is dropped before the node sees it.
 //! - **Repeat offenders** (module `guard`): quota excess, invalid gossip, oversized and
@@ -56,9 +62,6 @@ mod actor;
 mod behaviour;
 mod codec;
 mod config;
-// The connection manager's pure machine (issue 11, part A, step 1): tested on its own,
-// including a 300-node simulation, and not yet driven by the gate and the actor.
-#[allow(dead_code)]
 mod connmgr;
 mod dialer;
 mod gate;
@@ -248,6 +251,13 @@ pub fn spawn(
         Instant::now(),
     );
     let bound_ms = config.synchrony_bound.as_millis() as u64;
+    // Static peers whose id is known are protected from the start (the others once connected).
+    for addr in &config.static_peers {
+        if let (_, Some(peer)) = dialer::split_peer(addr) {
+            swarm.behaviour_mut().gate.manager.protect(peer);
+        }
+    }
+    let config_prune = config.prune_interval;
     let actor = actor::Actor {
         swarm,
         commands: cmd_rx,
@@ -263,7 +273,9 @@ pub fn spawn(
         peers: peers::PeerBook::default(),
         pending_requests: HashMap::new(),
         pending_providers: HashMap::new(),
+        providing: std::collections::HashSet::new(),
         replies: FuturesUnordered::new(),
+        next_prune: Instant::now() + config_prune,
     };
     let task = tokio::spawn(actor.run());
     Ok(Network {

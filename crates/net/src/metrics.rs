@@ -22,7 +22,9 @@ pub struct NetMetrics {
     pub requests_failed: Counter,
     /// Connected peers now.
     pub connected_peers: Gauge,
-    /// Connections refused, by `reason`: `unauthorized`, `blocked`, `per_ip`, `handshake_rate`.
+    /// Connections refused, by `reason`: `unauthorized`, `blocked`, `per_ip`, `handshake_rate`,
+    /// and the connection manager's `over_capacity`, `pruned`, `at_target`, `paced` (the last
+    /// two are our own unasked dials, Kademlia's, refused without opening a socket).
     pub refused_connections: Family<[(&'static str, &'static str); 1], Counter>,
     /// Inbound messages dropped before reaching the node, by `protocol` (`rr`, `gossip`) and
     /// `reason` (`quota`, `unauthorized`, `blocked`, `invalid`, `oversized`, `malformed`,
@@ -39,9 +41,27 @@ pub struct NetMetrics {
     pub deauthorized: Counter,
     /// Kademlia routing-table inserts refused by the per-subnet rule.
     pub kad_refused: Counter,
+    /// Dials let through by the gate, by `source`: `approved` (the connection manager,
+    /// bootstrap, static, `NetHandle::dial`), `discovery` (Kademlia below target),
+    /// `purposeful` (a request or a user DHT query at target).
+    pub dials: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Peers pruned above `T + S`, by `class`: `transient`, `inbound`, `inbound_mesh`,
+    /// `outbound`.
+    pub pruned: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Connected peers now, by `direction` (`outbound`: at least one connection we dialed).
+    pub connections: Family<[(&'static str, &'static str); 1], Gauge>,
+    /// Times the node found itself isolated and re-bootstrapped.
+    pub rebootstraps: Counter,
+    /// Kademlia walks started by the connection manager (below target only).
+    pub walks: Counter,
 }
 
 impl NetMetrics {
+    /// Counts a dial the gate let through.
+    pub fn dialed(&self, source: &'static str) {
+        self.dials.get_or_create(&[("source", source)]).inc();
+    }
+
     /// Counts a refused connection.
     pub fn refused(&self, reason: &'static str) {
         self.refused_connections
@@ -131,6 +151,31 @@ impl NetMetrics {
             "kad_inserts_refused",
             "Kademlia routing-table inserts refused: the bucket holds enough peers of that subnet",
             m.kad_refused.clone(),
+        );
+        r.register(
+            "dials",
+            "Dials let through by the gate, by source",
+            m.dials.clone(),
+        );
+        r.register(
+            "pruned",
+            "Peers disconnected by the connection manager above target + slack, by class",
+            m.pruned.clone(),
+        );
+        r.register(
+            "connections",
+            "Connected peers, by direction",
+            m.connections.clone(),
+        );
+        r.register(
+            "rebootstraps",
+            "Times the node was isolated and re-bootstrapped",
+            m.rebootstraps.clone(),
+        );
+        r.register(
+            "walks",
+            "Kademlia walks started below target",
+            m.walks.clone(),
         );
         m
     }

@@ -96,6 +96,13 @@ pub(crate) fn check(
             Some(s.digest())
         }
         GossipMessage::Result(s) => {
+            let n = s.payload.notices.len();
+            if n > agora_types::job::MAX_NOTICES {
+                return Err(Refusal::Invalid(format!(
+                    "{n} result notices in one batch, over {}",
+                    agora_types::job::MAX_NOTICES
+                )));
+            }
             fresh(s.verify_fresh(now, bound_ms))?;
             Some(s.digest())
         }

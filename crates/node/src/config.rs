@@ -150,6 +150,10 @@ pub struct FileConfig {
     /// The largest job input, in bytes, this node submits or runs (64 MiB in both presets); a
     /// worker does not bid on, and refuses a lease of, a job whose signed input size is larger.
     pub max_input_bytes: Option<u64>,
+    /// With a ledger: the tokens to lock in a credit line for each staked worker this node
+    /// leases work to (0, the default: none). With lines open, jobs are paid from them and start
+    /// without waiting for an escrow's block; lines are topped up when half spent.
+    pub credit_per_worker: Option<u64>,
 }
 
 impl FileConfig {
@@ -199,6 +203,7 @@ impl FileConfig {
             allow_list: other.allow_list.or(self.allow_list),
             blob_quota_bytes: other.blob_quota_bytes.or(self.blob_quota_bytes),
             max_input_bytes: other.max_input_bytes.or(self.max_input_bytes),
+            credit_per_worker: other.credit_per_worker.or(self.credit_per_worker),
         }
     }
 }
@@ -255,6 +260,8 @@ pub struct LedgerConfig {
     pub peers: Vec<SocketAddr>,
     /// Target time between blocks.
     pub block_time: Duration,
+    /// Tokens per credit line ([`FileConfig::credit_per_worker`]; 0: no lines).
+    pub credit_per_worker: u64,
 }
 
 fn parse_socket(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -308,6 +315,7 @@ fn ledger_config(f: &FileConfig, preset: Preset) -> Result<Option<LedgerConfig>,
         listen,
         peers,
         block_time: Duration::from_millis(block_ms),
+        credit_per_worker: f.credit_per_worker.unwrap_or(0),
     }))
 }
 

@@ -26,8 +26,8 @@ use agora_market::worker::{self, Beat, Standing, Timer, Worker};
 use agora_market::{Input, JobRecord, Market, Output};
 use agora_net::{NetEvent, NetHandle, PeerId, PeerInfo};
 use agora_types::job::{
-    Health, Heartbeat, JobId, Lease, MAX_STDERR_BYTES, Outcome, ReputationUpdate, ResultNotice,
-    SignedJob, WorkResult, job_id,
+    Health, Heartbeat, JobId, Lease, MAX_NOTICES, MAX_STDERR_BYTES, Outcome, ReputationUpdate,
+    ResultNotice, ResultNotices, SignedJob, WorkResult, job_id,
 };
 use agora_types::ledger::{AccountId, TxKind};
 use agora_types::sign::{Domain, Signed};
@@ -48,6 +48,8 @@ pub(crate) enum Command {
     Submit(Box<SignedJob>, oneshot::Sender<JobId>),
     Jobs(oneshot::Sender<Vec<JobRecord>>),
     Job(JobId, oneshot::Sender<Option<JobRecord>>),
+    /// Answered once the job is final (at once if it is, or unknown).
+    WaitFinal(JobId, oneshot::Sender<Option<JobRecord>>),
     Cancel(JobId, oneshot::Sender<bool>),
     Reputation(oneshot::Sender<Vec<(PeerId, i64)>>),
     /// The capability ads not lapsed yet (for the API's cost estimate).
@@ -132,10 +134,26 @@ pub(crate) struct Core {
     pub escrow_txs: HashMap<JobId, (u64, u32)>,
     /// The stake set last given to the network (permissioned mode).
     pub authorized: Option<std::collections::HashSet<PeerId>>,
+    /// Rewards not gossiped yet, per worker: (action, summed delta, job if only one).
+    pub rewards: std::collections::BTreeMap<PeerId, (&'static str, i64, Option<JobId>)>,
+    /// Verified results not gossiped yet (at most [`MAX_NOTICES`]).
+    pub notices: Vec<ResultNotice>,
+    /// Credit-line transactions in flight: worker -> height sent.
+    pub credit_txs: HashMap<AccountId, u64>,
+    /// Callers waiting for a job to be final ([`Command::WaitFinal`]; at most [`MAX_WAITERS`]).
+    pub waiters: HashMap<JobId, Vec<oneshot::Sender<Option<JobRecord>>>>,
 }
+
+/// The most callers waiting for jobs to be final at once.
+const MAX_WAITERS: usize = 4096;
+
+/// The most workers with rewards waiting for the next beacon; past it they go out at once.
+const MAX_PENDING_REWARDS: usize = 1024;
 
 /// Blocks to wait for an escrow transaction before sending it again.
 const ESCROW_RETRY_BLOCKS: u64 = 20;
+/// The most credit lines opened or topped up per block.
+const CREDIT_TXS_PER_BLOCK: usize = 8;
 /// Settlements tried before falling back to a refund.
 const SETTLE_ATTEMPTS: u32 = 3;
 
@@ -196,6 +214,11 @@ async fn sleep_until(at: Option<UnixMillis>) {
 
 impl Core {
     pub async fn run(mut self, restored: Vec<JobRecord>) {
+        if let Some(ledger) = &self.ledger {
+            // Before any job is leased directly: only staked peers may be.
+            let stakers = ledger.bidders();
+            self.feed(Input::Stakers(stakers));
+        }
         let outputs = self.market.restore(restored, now_ms());
         self.apply(outputs);
         let mut beacon = tokio::time::interval(self.shared.config.ad_interval);
@@ -347,17 +370,20 @@ impl Core {
                 } => {
                     info!(job = %job_id.short(), workers = workers.len(), "job verified");
                     self.settle(job_id);
-                    if let Some(n) = self.sign(ResultNotice {
+                    self.wake_waiters(job_id);
+                    self.notices.push(ResultNotice {
                         job_id,
                         verdict: outcome.verdict(),
                         workers,
-                    }) {
-                        self.publish(GossipMessage::Result(n));
+                    });
+                    if self.notices.len() >= MAX_NOTICES {
+                        self.flush_notices();
                     }
                 }
                 Output::Failed { job_id, reason } => {
                     info!(job = %job_id.short(), %reason, "job failed");
                     self.settle(job_id);
+                    self.wake_waiters(job_id);
                 }
                 Output::Reputation {
                     peer,
@@ -366,14 +392,7 @@ impl Core {
                     job_id,
                 } => {
                     debug!(%peer, action = action.name(), delta, "reputation");
-                    if let Some(u) = self.sign(ReputationUpdate {
-                        subject: peer,
-                        action: action.name().to_string(),
-                        delta,
-                        job_id,
-                    }) {
-                        self.publish(GossipMessage::Reputation(u));
-                    }
+                    self.report_reputation(peer, action.name(), delta, job_id);
                 }
                 // Answered in `on_request` (heartbeats); nothing to carry out.
                 Output::LeaseExtended { .. } => {}
@@ -409,6 +428,20 @@ impl Core {
             Command::Job(id, reply) => {
                 let _ = reply.send(self.market.job(&id).cloned());
             }
+            Command::WaitFinal(id, reply) => match self.market.job(&id) {
+                Some(r) if !r.state.is_final() => {
+                    let waiting = self.waiters.values().map(Vec::len).sum::<usize>();
+                    if waiting < MAX_WAITERS {
+                        self.waiters.entry(id).or_default().push(reply);
+                    } else {
+                        // Too many waiting: the caller sees the pending record and asks again.
+                        let _ = reply.send(Some(r.clone()));
+                    }
+                }
+                other => {
+                    let _ = reply.send(other.cloned());
+                }
+            },
             Command::Cancel(id, reply) => {
                 let known = self.market.job(&id).is_some();
                 self.feed(Input::Cancel(id));
@@ -507,6 +540,78 @@ impl Core {
         });
     }
 
+    /// Answers everyone waiting for `job_id` to be final.
+    fn wake_waiters(&mut self, job_id: JobId) {
+        if let Some(waiting) = self.waiters.remove(&job_id) {
+            let rec = self.market.job(&job_id).cloned();
+            for w in waiting {
+                let _ = w.send(rec.clone());
+            }
+        }
+    }
+
+    /// Gossips a reputation change. A penalty goes out at once; rewards are summed per worker
+    /// and go out with the next beacon, one signed report per worker (every report costs each
+    /// node a signature check, and a busy worker earns one per job).
+    fn report_reputation(
+        &mut self,
+        subject: PeerId,
+        action: &'static str,
+        delta: i64,
+        job_id: Option<JobId>,
+    ) {
+        if delta < 0 {
+            self.publish_reputation(subject, action, delta, job_id);
+            return;
+        }
+        if self.rewards.len() >= MAX_PENDING_REWARDS && !self.rewards.contains_key(&subject) {
+            self.flush_rewards();
+        }
+        let e = self.rewards.entry(subject).or_insert((action, 0, job_id));
+        if e.0 != action {
+            e.0 = "rewards";
+        }
+        if e.2 != job_id {
+            e.2 = None;
+        }
+        e.1 = e.1.saturating_add(delta);
+    }
+
+    fn publish_reputation(
+        &mut self,
+        subject: PeerId,
+        action: &str,
+        delta: i64,
+        job_id: Option<JobId>,
+    ) {
+        if let Some(u) = self.sign(ReputationUpdate {
+            subject,
+            action: action.to_string(),
+            delta,
+            job_id,
+        }) {
+            self.publish(GossipMessage::Reputation(u));
+        }
+    }
+
+    /// Gossips the results verified since the last beacon, in one signed batch.
+    fn flush_notices(&mut self) {
+        if self.notices.is_empty() {
+            return;
+        }
+        let notices = std::mem::take(&mut self.notices);
+        if let Some(n) = self.sign(ResultNotices { notices }) {
+            self.publish(GossipMessage::Result(n));
+        }
+    }
+
+    /// Gossips the summed rewards (see [`Core::report_reputation`]).
+    fn flush_rewards(&mut self) {
+        for (subject, (action, delta, job_id)) in std::mem::take(&mut self.rewards) {
+            self.publish_reputation(subject, action, delta, job_id);
+        }
+    }
+
     /// Saves the reputation book (it is restored at start).
     fn save_reputation(&self) {
         let Ok(bytes) = serde_json::to_vec(self.market.reputation()) else {
@@ -589,14 +694,26 @@ impl Core {
         }
     }
 
-    fn consider_bid(&mut self, job: SignedJob, attempt: u32) {
-        let standing = self.ledger.as_ref().map(|ledger| {
+    /// What the ledger says of a job we may work on, when the node runs one.
+    fn standing(&self, job: &SignedJob) -> Option<Standing> {
+        let submitter = AccountId(job.signer);
+        self.ledger.as_ref().map(|ledger| {
             let st = ledger.lock();
+            let credit = st
+                .ledger
+                .credit_line(&submitter, &ledger.local)
+                .filter(|c| c.closing_after_ms.is_none())
+                .map_or(0, |c| c.amount);
             Standing {
                 staked: st.ledger.can_bid(&ledger.local),
-                escrowed: st.ledger.escrow(&job_id(&job)).is_some(),
+                escrowed: st.ledger.escrow(&job_id(job)).is_some(),
+                credit,
             }
-        });
+        })
+    }
+
+    fn consider_bid(&mut self, job: SignedJob, attempt: u32) {
+        let standing = self.standing(&job);
         self.feed_worker(worker::Input::Announce {
             job,
             attempt,
@@ -859,7 +976,12 @@ impl Core {
         if let Err(e) = lease.job.verify() {
             return Response::Refused(format!("bad job signature: {e}"));
         }
-        match self.feed_worker(worker::Input::Lease { from: peer, lease }) {
+        let standing = self.standing(&lease.job);
+        match self.feed_worker(worker::Input::Lease {
+            from: peer,
+            lease,
+            standing,
+        }) {
             Some(worker::Answer::Accepted) => Response::Ack,
             Some(worker::Answer::Busy) => Response::Busy,
             Some(worker::Answer::Refused(why)) => Response::Refused(why),
@@ -914,11 +1036,16 @@ impl Core {
     }
 
     fn beacon(&mut self) {
+        self.flush_rewards();
+        self.flush_notices();
         let running = (self.pool.slots() - self.pool.free_slots()) as u32;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-        let ad = self
+        let mut ad = self
             .worker
             .capability_ad("wasmtime-48", cores, agora_types::VERSION);
+        // The sequence number is the ad's time, so that it keeps increasing across a restart:
+        // peers ignore an ad no newer than the one they hold, and the new limits must count.
+        ad.seq = ad.seq.max(now_ms());
         if let Some(s) = self.sign(ad) {
             self.publish(GossipMessage::Capability(s));
         }
@@ -1020,6 +1147,14 @@ impl Core {
         let Some(ledger) = self.ledger.clone() else {
             return;
         };
+        if self
+            .market
+            .job(&job_id)
+            .is_some_and(|r| r.job.payload.credit)
+        {
+            self.settle_credit(&ledger, job_id);
+            return;
+        }
         let (escrow, height) = {
             let st = ledger.lock();
             (st.ledger.escrow(&job_id).cloned(), st.ledger.height())
@@ -1069,6 +1204,110 @@ impl Core {
         }
     }
 
+    /// Pays a verified credit job's quorum from our credit lines (nothing was locked for it, so
+    /// a job without a quorum to pay needs nothing). Retried from [`Core::on_block`] until the
+    /// ledger has closed the job.
+    fn settle_credit(&mut self, ledger: &LedgerRef, job_id: JobId) {
+        let (closed, height) = {
+            let st = ledger.lock();
+            (st.ledger.is_closed(&job_id), st.ledger.height())
+        };
+        if closed {
+            self.escrow_txs.remove(&job_id);
+            return;
+        }
+        let (sent, attempts) = self.escrow_txs.get(&job_id).copied().unwrap_or((0, 0));
+        if attempts >= SETTLE_ATTEMPTS || (attempts > 0 && height < sent + ESCROW_RETRY_BLOCKS) {
+            return;
+        }
+        let Some(rec) = self.market.job(&job_id) else {
+            return;
+        };
+        let pick = |agreed: bool| -> Vec<Signed<WorkResult>> {
+            rec.results
+                .iter()
+                .filter(|r| r.agreed == Some(agreed))
+                .filter_map(|r| r.signed.clone())
+                .collect()
+        };
+        let (quorum, minority) = (pick(true), pick(false));
+        if rec.outcome.is_none() || quorum.is_empty() {
+            return;
+        }
+        let job = Box::new(rec.job.clone());
+        info!(job = %job_id.short(), paid = quorum.len(), slashed = minority.len(), "settling from credit lines");
+        if self.send_tx(TxKind::SettleCredit {
+            job,
+            quorum,
+            minority,
+        }) {
+            self.escrow_txs.insert(job_id, (height, attempts + 1));
+        }
+    }
+
+    /// With `credit_per_worker` set: opens (or tops up, once half spent) a credit line to each
+    /// staked worker in the capability index, a few per block, while the balance allows.
+    fn open_credit_lines(&mut self, ledger: &LedgerRef) {
+        let per = self
+            .shared
+            .config
+            .ledger
+            .as_ref()
+            .map_or(0, |l| l.credit_per_worker);
+        if per == 0 {
+            return;
+        }
+        let local = self.net.local_peer_id();
+        let now = now_ms();
+        let ttl = self.market.config().ad_ttl_ms;
+        let (mut balance, height, wanted) = {
+            let st = ledger.lock();
+            let balance = st.ledger.account(&ledger.local).map_or(0, |a| a.balance);
+            let mut wanted = Vec::new();
+            for (peer, e) in self.market.index().iter() {
+                if *peer == local || now.saturating_sub(e.updated_ms) > ttl {
+                    continue;
+                }
+                let Some(worker) = AccountId::from_peer_id(peer) else {
+                    continue;
+                };
+                if !st.ledger.can_bid(&worker) {
+                    continue;
+                }
+                let have = st.ledger.credit_line(&ledger.local, &worker);
+                if have.is_some_and(|c| c.closing_after_ms.is_some()) {
+                    continue;
+                }
+                let amount = have.map_or(0, |c| c.amount);
+                if amount < per / 2 {
+                    wanted.push((worker, per - amount));
+                }
+            }
+            (balance, st.ledger.height(), wanted)
+        };
+        let mut sent = 0;
+        for (worker, top_up) in wanted {
+            if sent >= CREDIT_TXS_PER_BLOCK || balance < top_up {
+                break;
+            }
+            if self
+                .credit_txs
+                .get(&worker)
+                .is_some_and(|h| height < h + ESCROW_RETRY_BLOCKS)
+            {
+                continue;
+            }
+            if self.send_tx(TxKind::CreditOpen {
+                worker,
+                amount: top_up,
+            }) {
+                self.credit_txs.insert(worker, height);
+                balance -= top_up;
+                sent += 1;
+            }
+        }
+    }
+
     /// A block was applied: act on its events, then bring our jobs' escrows in line with the
     /// ledger (locks that landed, settlements still owed, transactions to gossip again).
     fn on_block(&mut self, _height: u64) {
@@ -1086,7 +1325,32 @@ impl Core {
             (events, st.ledger.height())
         };
         self.ledger_seen = height;
+        let stakers = ledger.bidders();
+        self.feed(Input::Stakers(stakers));
+        let lines: std::collections::HashSet<PeerId> = {
+            let st = ledger.lock();
+            st.ledger
+                .credits_of(&ledger.local)
+                .filter(|(_, c)| c.closing_after_ms.is_none() && c.amount > 0)
+                .filter_map(|(w, _)| w.peer_id().ok())
+                .collect()
+        };
+        self.feed(Input::CreditLines(lines));
         for e in events {
+            // A settled credit job no longer counts against its line for us as a worker.
+            if let Event::Paid { job_id, .. }
+            | Event::CreditShort { job_id, .. }
+            | Event::Slashed {
+                job_id: Some(job_id),
+                ..
+            } = &e
+                && self.worker.is_owed(job_id)
+            {
+                self.feed_worker(worker::Input::Settled(*job_id));
+            }
+            if let Event::CreditOpened { worker, .. } = &e {
+                self.credit_txs.remove(worker);
+            }
             match e {
                 Event::EscrowLocked { job_id, owner, .. } if owner == ledger.local => {
                     self.escrow_txs.remove(&job_id);
@@ -1119,7 +1383,11 @@ impl Core {
                     if st.ledger.escrow(&rec.id).is_some() {
                         waiting.push(rec.id);
                     }
-                } else if rec.state.is_final() && st.ledger.escrow(&rec.id).is_some() {
+                } else if (rec.state.is_final() && st.ledger.escrow(&rec.id).is_some())
+                    || (rec.job.payload.credit
+                        && rec.state == agora_market::JobState::Verified
+                        && !st.ledger.is_closed(&rec.id))
+                {
                     unsettled.push(rec.id);
                 }
             }
@@ -1146,6 +1414,7 @@ impl Core {
             let amount = self.market.config().escrow_for(max_price, redundancy);
             self.lock_escrow(id, amount, max_price, redundancy);
         }
+        self.open_credit_lines(&ledger);
         if height % 10 == 0 {
             for tx in ledger.resign_pending() {
                 self.publish(GossipMessage::Tx(tx));

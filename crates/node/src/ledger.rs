@@ -113,6 +113,17 @@ impl LedgerRef {
             .collect()
     }
 
+    /// The peers of every account that may bid (the minimum bidder stake, not banned): who may
+    /// be leased work directly from its ad.
+    pub fn bidders(&self) -> std::collections::HashSet<agora_types::PeerId> {
+        let st = self.lock();
+        st.ledger
+            .accounts()
+            .filter(|(id, _)| st.ledger.can_bid(id))
+            .filter_map(|(id, _)| id.peer_id().ok())
+            .collect()
+    }
+
     /// This node's waiting transactions, signed again with a fresh timestamp so that they pass
     /// the synchrony bound when gossiped again.
     pub fn resign_pending(&self) -> Vec<SignedTx> {
@@ -264,6 +275,10 @@ pub(crate) fn concerns(e: &Event, account: &AccountId) -> bool {
         Event::Paid { worker, .. } => worker == account,
         Event::Slashed { offender, .. } => offender == account,
         Event::Minted { to, .. } => to == account,
+        Event::CreditOpened { owner, worker, .. }
+        | Event::CreditClosing { owner, worker, .. }
+        | Event::CreditClosed { owner, worker, .. } => owner == account || worker == account,
+        Event::CreditShort { worker, .. } => worker == account,
     }
 }
 
@@ -290,6 +305,10 @@ pub struct AccountView {
     pub can_bid: bool,
     /// Is a validator now.
     pub validator: bool,
+    /// Open credit lines it holds to workers (not closing).
+    pub credit_lines: usize,
+    /// Tokens on all its credit lines (closing ones too).
+    pub credit_locked: u64,
 }
 
 /// `GET /v1/ledger/status`.
@@ -367,6 +386,15 @@ impl LedgerState {
             escrowed,
             can_bid: self.ledger.can_bid(id),
             validator: self.ledger.validators().iter().any(|v| v.account == *id),
+            credit_lines: self
+                .ledger
+                .credits_of(id)
+                .filter(|(_, c)| c.closing_after_ms.is_none())
+                .count(),
+            credit_locked: self
+                .ledger
+                .credits_of(id)
+                .fold(0u64, |t, (_, c)| t.saturating_add(c.amount)),
         })
     }
 

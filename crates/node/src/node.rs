@@ -334,7 +334,7 @@ impl NodeHandle {
             .ok_or(SubmitError::InputMissing(input))?;
         // The defaults of omitted fields live in one place, shared with the CLI's flags.
         use agora_api_types::defaults as d;
-        let spec = JobSpec {
+        let mut spec = JobSpec {
             module: req.module,
             module_size,
             input,
@@ -355,18 +355,29 @@ impl NodeHandle {
                     .min(d::MAX_DEADLINE_SECS)
                     * 1000,
             nonce: rand::random(),
+            credit: false,
         };
         spec.validate(&bounds)?;
         if let Some(ledger) = &self.shared.ledger {
-            let market = match self.shared.config.preset {
-                Preset::Local => agora_market::Config::local(),
-                Preset::Production => agora_market::Config::production(),
-            };
-            let need = market.escrow_for(spec.max_price, spec.redundancy);
             let st = ledger.lock();
-            let have = st.ledger.account(&ledger.local).map_or(0, |a| a.balance);
-            if have < need {
-                return Err(SubmitError::InsufficientFunds { need, have });
+            // Paid from credit lines when enough are open to cover a quorum's worth of workers
+            // (each worker checks its own line): the job needs no escrow and waits for no block.
+            let lines = st
+                .ledger
+                .credits_of(&ledger.local)
+                .filter(|(_, c)| c.closing_after_ms.is_none() && c.amount >= spec.max_price)
+                .count();
+            spec.credit = lines >= usize::from(spec.redundancy.max(1));
+            if !spec.credit {
+                let market = match self.shared.config.preset {
+                    Preset::Local => agora_market::Config::local(),
+                    Preset::Production => agora_market::Config::production(),
+                };
+                let need = market.escrow_for(spec.max_price, spec.redundancy);
+                let have = st.ledger.account(&ledger.local).map_or(0, |a| a.balance);
+                if have < need {
+                    return Err(SubmitError::InsufficientFunds { need, have });
+                }
             }
         }
         // Refuse what is not WebAssembly (or not a WASI command) before anyone is asked to run it.
@@ -432,6 +443,12 @@ impl NodeHandle {
     /// One job's record.
     pub async fn job(&self, id: JobId) -> Option<JobRecord> {
         self.ask(|tx| Command::Job(id, tx)).await.flatten()
+    }
+
+    /// Waits until job `id` is verified or failed and returns its record (`None`: unknown job,
+    /// or the node is stopping). No polling: the core answers when the job's verdict is in.
+    pub async fn wait_final(&self, id: JobId) -> Option<JobRecord> {
+        self.ask(|tx| Command::WaitFinal(id, tx)).await.flatten()
     }
 
     /// Cancels a job; false if unknown.
@@ -786,6 +803,14 @@ impl Node {
         let lease_capacity = shared.config.executor_slots * 4;
         let mut worker_settings = WorkerSettings::new(offer, lease_capacity, &market_config);
         worker_settings.bounds = shared.config.spec_bounds();
+        // A lease with no bid of ours starts at once or is answered `Busy` (see `direct_slots`).
+        worker_settings.direct_slots = shared.config.executor_slots;
+        if let Some(l) = &shared.config.ledger {
+            // A signed credit-job result counts against its line while a settlement may still pay
+            // it, with two minutes for clock skew (see `market::worker::CREDIT_HOLD_MS`).
+            worker_settings.credit_hold_ms =
+                l.genesis.params.credit_settle_ms.saturating_add(120_000);
+        }
         let core = Core {
             shared,
             net: network.handle,
@@ -810,6 +835,10 @@ impl Node {
             ledger_seen,
             escrow_txs: HashMap::new(),
             authorized,
+            rewards: Default::default(),
+            notices: Vec::new(),
+            credit_txs: HashMap::new(),
+            waiters: HashMap::new(),
         };
         let core_task = tokio::spawn(core.run(restored));
         Ok(Node {

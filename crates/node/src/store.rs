@@ -845,6 +845,7 @@ mod tests {
             max_price: 1,
             deadline_ms: 0,
             nonce: rand::random(),
+            credit: false,
         };
         let key = agora_net::Keypair::generate_ed25519();
         let signed = Signed::sign(&key, spec, 1).unwrap();

@@ -95,6 +95,11 @@ pub struct JobSpec {
     pub deadline_ms: UnixMillis,
     /// Makes otherwise identical submissions distinct.
     pub nonce: u64,
+    /// Paid from the submitter's credit lines (one per worker, locked beforehand) rather than
+    /// from an escrow locked for this job: the job starts without waiting for a block. Only
+    /// workers holding a line from the submitter take it.
+    #[serde(default)]
+    pub credit: bool,
 }
 
 impl Domain for JobSpec {
@@ -383,6 +388,17 @@ pub struct CapabilityAd {
     pub version: String,
     /// A sequence number, increasing per node, so stale ads are ignored.
     pub seq: u64,
+    /// The standing offer's limits: the largest input and module, in bytes, and the longest
+    /// wall time, in ms, it takes (0: not said). A submitter leases directly only jobs within
+    /// them.
+    #[serde(default)]
+    pub max_input_bytes: u64,
+    /// See [`CapabilityAd::max_input_bytes`].
+    #[serde(default)]
+    pub max_module_bytes: u64,
+    /// See [`CapabilityAd::max_input_bytes`].
+    #[serde(default)]
+    pub max_wall_time_ms: u64,
 }
 
 impl Domain for CapabilityAd {
@@ -402,6 +418,22 @@ pub struct ResultNotice {
 
 impl Domain for ResultNotice {
     const DOMAIN: &'static str = "agora/result-notice/1";
+}
+
+/// The results a submitter verified since its last beacon, gossiped together on
+/// `agora/results/1`: one signature per batch rather than one per job, since every node checks
+/// each gossiped signature.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ResultNotices {
+    /// The notices, at most [`MAX_NOTICES`].
+    pub notices: Vec<ResultNotice>,
+}
+
+/// The most notices in one [`ResultNotices`].
+pub const MAX_NOTICES: usize = 256;
+
+impl Domain for ResultNotices {
+    const DOMAIN: &'static str = "agora/result-notices/1";
 }
 
 /// A change of one peer's reputation as seen by the signer, on `agora/reputation/1`.
@@ -454,6 +486,7 @@ mod tests {
             max_price: 100,
             deadline_ms: 0,
             nonce: 1,
+            credit: false,
         }
     }
 

@@ -220,6 +220,32 @@ pub enum TxKind {
         /// The job.
         job_id: JobId,
     },
+    /// Lock tokens for one worker: a credit line that the sender's credit jobs
+    /// ([`JobSpec::credit`](crate::job::JobSpec::credit)) draw on when they are settled, so that
+    /// they need no escrow, and no block, before they start. Adds to an open line.
+    CreditOpen {
+        /// The worker.
+        worker: AccountId,
+        /// How much.
+        amount: u64,
+    },
+    /// Start closing a credit line: what is left returns to the sender once the ledger's
+    /// `2 x credit_settle_ms` have passed in block time (so every result the worker signed
+    /// before can still be paid).
+    CreditClose {
+        /// The worker.
+        worker: AccountId,
+    },
+    /// Pay a credit job's quorum from the submitter's credit lines and slash its minority. Like
+    /// `Settle`, anyone holding the signed job and results may send it.
+    SettleCredit {
+        /// The job, as its submitter signed it (it must be a credit job).
+        job: Box<crate::job::SignedJob>,
+        /// The agreeing results: each worker is paid the price it signed, from its line.
+        quorum: Vec<Signed<WorkResult>>,
+        /// Results outvoted by the quorum: each worker is slashed for invalid compute.
+        minority: Vec<Signed<WorkResult>>,
+    },
     /// Slash an account with evidence.
     Slash {
         /// The proof.
@@ -249,6 +275,9 @@ impl TxKind {
             TxKind::EscrowLock { .. } => "escrow_lock",
             TxKind::Settle { .. } => "settle",
             TxKind::Refund { .. } => "refund",
+            TxKind::CreditOpen { .. } => "credit_open",
+            TxKind::CreditClose { .. } => "credit_close",
+            TxKind::SettleCredit { .. } => "settle_credit",
             TxKind::Slash { .. } => "slash",
             TxKind::Mint { .. } => "mint",
             TxKind::Burn { .. } => "burn",

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::job::{
-    Bid, CapabilityAd, Health, Heartbeat, JobId, Lease, ReputationUpdate, ResultNotice, SignedJob,
+    Bid, CapabilityAd, Health, Heartbeat, JobId, Lease, ReputationUpdate, ResultNotices, SignedJob,
     WorkResult,
 };
 use crate::ledger::SignedTx;
@@ -83,8 +83,8 @@ pub enum GossipMessage {
     },
     /// A node's offer.
     Capability(Signed<CapabilityAd>),
-    /// A verified result.
-    Result(Signed<ResultNotice>),
+    /// Verified results, batched per beacon.
+    Result(Signed<ResultNotices>),
     /// A reputation change.
     Reputation(Signed<ReputationUpdate>),
     /// A health beacon.

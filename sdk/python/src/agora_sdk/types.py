@@ -215,6 +215,9 @@ class Account(Model):
     escrowed: int = 0
     can_bid: bool = False
     validator: bool = False
+    #: Open credit lines to workers, and the tokens on them (``credit_per_worker``).
+    credit_lines: int = 0
+    credit_locked: int = 0
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
 
