@@ -508,6 +508,20 @@ impl JobRecord {
         self.leases.iter().filter(|l| l.status.is_active())
     }
 
+    /// Settlement evidence: the signed results that agreed with the verdict (to be paid) and
+    /// those outvoted by it (to be slashed), in arrival order. Results kept without a signed
+    /// claim are left out.
+    pub fn evidence(&self) -> (Vec<Signed<WorkResult>>, Vec<Signed<WorkResult>>) {
+        let pick = |agreed: bool| -> Vec<Signed<WorkResult>> {
+            self.results
+                .iter()
+                .filter(|r| r.agreed == Some(agreed))
+                .filter_map(|r| r.signed.clone())
+                .collect()
+        };
+        (pick(true), pick(false))
+    }
+
     /// Workers not to lease this job to: those holding an active lease on it, those that returned
     /// a result for it, and those that already lost [`MAX_LOST_LEASES_PER_WORKER`] leases on it.
     /// (A worker whose lease was lost also loses its bid, but may bid again on a later

@@ -821,17 +821,11 @@ impl Sim {
             return;
         }
         let rec = self.nodes[n].market.job(&job_id).expect("verified job");
-        let pick = |agreed: bool| -> Vec<Signed<WorkResult>> {
-            rec.results
-                .iter()
-                .filter(|r| r.agreed == Some(agreed))
-                .filter_map(|r| r.signed.clone())
-                .collect()
-        };
+        let (quorum, minority) = rec.evidence();
         let kind = TxKind::SettleCredit {
             job: Box::new(rec.job.clone()),
-            quorum: pick(true),
-            minority: pick(false),
+            quorum,
+            minority,
         };
         self.send_tx(n, kind);
     }

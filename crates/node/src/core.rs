@@ -1172,14 +1172,7 @@ impl Core {
         }
         let evidence = self.market.job(&job_id).and_then(|rec| {
             rec.outcome.as_ref()?;
-            let pick = |agreed: bool| -> Vec<Signed<WorkResult>> {
-                rec.results
-                    .iter()
-                    .filter(|r| r.agreed == Some(agreed))
-                    .filter_map(|r| r.signed.clone())
-                    .collect()
-            };
-            Some((pick(true), pick(false)))
+            Some(rec.evidence())
         });
         let kind = match evidence {
             Some((quorum, minority)) if !quorum.is_empty() && attempts < SETTLE_ATTEMPTS => {
@@ -1223,14 +1216,7 @@ impl Core {
         let Some(rec) = self.market.job(&job_id) else {
             return;
         };
-        let pick = |agreed: bool| -> Vec<Signed<WorkResult>> {
-            rec.results
-                .iter()
-                .filter(|r| r.agreed == Some(agreed))
-                .filter_map(|r| r.signed.clone())
-                .collect()
-        };
-        let (quorum, minority) = (pick(true), pick(false));
+        let (quorum, minority) = rec.evidence();
         if rec.outcome.is_none() || quorum.is_empty() {
             return;
         }
