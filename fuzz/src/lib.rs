@@ -147,12 +147,14 @@ pub fn check_result(r: &WorkResult, output: &[u8]) {
         exit_code,
         output_hash,
         fuel_used,
+        compared,
     } = &r.outcome
     {
         let other = Outcome::Completed {
             exit_code: *exit_code,
             output_hash: *output_hash,
             fuel_used: fuel_used.wrapping_add(1),
+            compared: *compared,
         };
         assert_eq!(other.verdict(), v, "the verdict depends on fuel");
     }

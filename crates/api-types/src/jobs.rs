@@ -49,6 +49,15 @@ pub struct SubmitRequest {
     /// Seconds from now until the job is abandoned (default [`crate::defaults::DEADLINE_SECS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u64>,
+    /// What runs it: `wasm` (default: `module` is a WASI command, `input` its stdin) or `onnx`
+    /// (`module` is an ONNX model, `input` one `.npy` tensor, the output the model's first
+    /// output as `.npy`; the `onnx` capability is added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// ONNX only: how the replicas' outputs are compared: `argmax` (default), `topk:K`,
+    /// `round:N` (N significant digits) or `exact`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
 }
 
 impl SubmitRequest {
@@ -185,6 +194,21 @@ pub struct JobSpec {
     /// Paid from the submitter's credit lines rather than an escrow of its own (with a ledger).
     #[serde(default)]
     pub credit: bool,
+    /// What runs it: `wasm` (a WASI command) or `onnx` (a model; the input is a `.npy` tensor).
+    #[serde(default = "wasm")]
+    pub runtime: String,
+    /// How the replicas' outputs are compared: `exact` for WebAssembly; for ONNX the job's rule
+    /// (`exact`, `round:N`, `argmax`, `topk:K`).
+    #[serde(default = "exact")]
+    pub verify: String,
+}
+
+fn wasm() -> String {
+    "wasm".into()
+}
+
+fn exact() -> String {
+    "exact".into()
 }
 
 /// Why a job waits for workers.
@@ -267,10 +291,14 @@ pub enum Outcome {
     Completed {
         /// Its exit code: 0 for success.
         exit_code: i32,
-        /// blake3 of its stdout.
+        /// blake3 of its output (stdout, or the model's output `.npy`).
         output_hash: String,
-        /// Fuel consumed.
+        /// Fuel consumed (0 for ONNX).
         fuel_used: u64,
+        /// For a job compared by a rule (ONNX): blake3 of the output's canonical form under the
+        /// rule, what the replicas agreed on. Absent for WebAssembly (the output is compared).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compared: Option<String>,
     },
     /// The program broke a limit or trapped.
     Failed {
@@ -525,6 +553,7 @@ mod tests {
             exit_code: 0,
             output_hash: "h".into(),
             fuel_used: 1,
+            compared: None,
         });
         assert!(v.succeeded());
     }

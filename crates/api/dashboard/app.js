@@ -315,6 +315,7 @@
         el("div", {}, el("dt", {}, "State"), el("dd", { class: "state" }, r.state)),
         el("div", {}, el("dt", {}, "Why"), el("dd", { class: "reason" }, r.reason || "–")),
         el("div", {}, el("dt", {}, "Verdict"), el("dd", { class: "verdict" }, outcomeText(r.outcome))),
+        el("div", {}, el("dt", {}, "Runtime"), el("dd", { class: "runtime" }, spec.runtime === "onnx" ? `onnx, replicas compared by ${spec.verify}` : "wasm, outputs compared bit for bit")),
         el("div", {}, el("dt", {}, "Redundancy"), el("dd", { class: "redundancy" }, spec.redundancy)),
         el("div", {}, el("dt", {}, "Max price"), el("dd", {}, fmtInt(spec.max_price))),
         el("div", {}, el("dt", {}, "Limits"), el("dd", {}, `fuel ${fmtInt(limits.fuel)}, memory ${fmtBytes(limits.memory_bytes)}, ${fmtInt(limits.wall_time_ms)} ms`)),

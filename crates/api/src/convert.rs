@@ -65,11 +65,12 @@ fn outcome(o: &Outcome) -> api::Outcome {
             exit_code,
             output_hash,
             fuel_used,
-            ..
+            compared,
         } => api::Outcome::Completed {
             exit_code: *exit_code,
             output_hash: output_hash.to_hex(),
             fuel_used: *fuel_used,
+            compared: compared.map(|h| h.to_hex()),
         },
         Outcome::Failed { kind, detail, .. } => api::Outcome::Failed {
             kind: kind.clone(),
@@ -172,6 +173,8 @@ fn spec(s: &JobSpec) -> api::JobSpec {
         deadline_ms: s.deadline_ms,
         nonce: s.nonce,
         credit: s.credit,
+        runtime: s.runtime.to_string(),
+        verify: s.runtime.compare().to_string(),
     }
 }
 

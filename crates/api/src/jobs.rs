@@ -12,6 +12,7 @@ use agora_api_types::{
 };
 use agora_node::{NodeHandle, OutputError, SubmitError};
 use agora_types::Hash;
+use agora_types::job::{Compare, Runtime};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -61,7 +62,36 @@ fn node_request(req: SubmitRequest) -> Result<agora_node::SubmitRequest, ApiErro
         wall_time_ms: req.wall_time_ms,
         capabilities: req.capabilities,
         deadline_secs: req.deadline_secs,
+        runtime: runtime(req.runtime.as_deref(), req.verify.as_deref())?,
     })
+}
+
+/// The runtime of a request: `wasm` (the default) or `onnx`, whose comparison rule `verify`
+/// names (default `argmax`, see [`Compare::default`]).
+fn runtime(name: Option<&str>, verify: Option<&str>) -> Result<Runtime, ApiError> {
+    match name.unwrap_or("wasm") {
+        "wasm" => match verify {
+            None | Some("exact") => Ok(Runtime::Wasm),
+            Some(v) => Err(ApiError::bad_request(format!(
+                "invalid job spec: `verify` = {v:?} applies to ONNX jobs only; a WebAssembly \
+                 job is deterministic and compared bit for bit (omit `verify`, or set \
+                 `\"runtime\": \"onnx\"`)"
+            ))),
+        },
+        "onnx" => {
+            let compare = match verify {
+                None => Compare::default(),
+                Some(v) => v.parse::<Compare>().map_err(|e| {
+                    ApiError::bad_request(format!("invalid job spec: `verify`: {e}"))
+                })?,
+            };
+            Ok(Runtime::Onnx { compare })
+        }
+        other => Err(ApiError::bad_request(format!(
+            "invalid job spec: `runtime` = {other:?}; it is `wasm` (a WASI command) or `onnx` \
+             (an ONNX model whose input is a .npy tensor)"
+        ))),
+    }
 }
 
 /// Stores a blob (a module or an input) and answers its hash.
@@ -126,9 +156,10 @@ async fn submit(
         Err(e @ (SubmitError::ModuleMissing(_) | SubmitError::InputMissing(_))) => {
             Err(ApiError::not_found(e))
         }
-        Err(e @ (SubmitError::InvalidModule(_) | SubmitError::Spec(_))) => {
-            Err(ApiError::bad_request(e))
-        }
+        Err(
+            e
+            @ (SubmitError::InvalidModule(_) | SubmitError::InvalidOnnx(_) | SubmitError::Spec(_)),
+        ) => Err(ApiError::bad_request(e)),
         Err(e @ SubmitError::InsufficientFunds { .. }) => {
             Err(ApiError(StatusCode::PAYMENT_REQUIRED, e.to_string()))
         }

@@ -27,7 +27,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::Opts;
-use crate::util::{python_with, round, run_python, summary_us};
+use crate::util::{process_cpu, python_with, round, run_python, summary_us};
 
 /// The Ray baseline's script.
 const RAY_SCRIPT: &str = include_str!("../py/ray_trivial.py");
@@ -177,6 +177,7 @@ fn crypto_rates(budget: Duration) -> anyhow::Result<(f64, f64)> {
         deadline_ms: 0,
         nonce: 0,
         credit: false,
+        runtime: Default::default(),
     };
     let t = Instant::now();
     let mut n = 0u64;
@@ -235,6 +236,7 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
     // Sustained: keep `in_flight` jobs going for `window`, count the verified ones.
     let verified = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let cpu0 = process_cpu();
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..in_flight {
@@ -263,6 +265,7 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
         });
     }
     while tasks.join_next().await.is_some() {}
+    let cpu = process_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
     let elapsed = t
         .elapsed()
         .as_secs_f64()
@@ -306,6 +309,12 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
             "verified": verified.load(Ordering::Relaxed),
             "failed": failed.load(Ordering::Relaxed),
             "jobs_per_s": round(jobs_per_s, 1),
+            // Where the time goes: CPU of the whole process (all 20 nodes) per verified job,
+            // and the share of the machine's cores it used during the window.
+            "cpu_ms_per_job": cpu.map(|c| {
+                round(c.as_secs_f64() * 1e3 / verified.load(Ordering::Relaxed).max(1) as f64, 3)
+            }),
+            "cpu_utilization": cpu.map(|c| round(c.as_secs_f64() / elapsed / cores as f64, 2)),
         },
         "baseline": {
             "ed25519_verify_per_s_per_core": round(rate, 0),

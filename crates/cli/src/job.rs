@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use agora_api_types::{Client, FailReason, JobState, JobView, SubmitRequest, defaults};
+use agora_types::job::Compare;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -54,9 +55,20 @@ pub enum JobCommand {
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
-    /// The module, a .wasm file.
-    pub module: PathBuf,
-    /// The input given on stdin: a file, or - for this process's stdin.
+    /// The module, a .wasm file (a WASI command). For a model, use --onnx instead.
+    #[arg(required_unless_present = "onnx")]
+    pub module: Option<PathBuf>,
+    /// Run an ONNX model instead of a WebAssembly module: the model's first output for the
+    /// --input tensor (.npy), verified across replicas by --verify.
+    #[arg(long, value_name = "MODEL.onnx", conflicts_with_all = ["module", "args"])]
+    pub onnx: Option<PathBuf>,
+    /// With --onnx: how replicas' outputs are compared (CPU kernels differ in their last bits
+    /// across machines): argmax (the predicted class per row; the default), topk:K, round:N (N
+    /// significant digits) or exact.
+    #[arg(long, requires = "onnx", value_name = "RULE", value_parser = parse_compare)]
+    pub verify: Option<Compare>,
+    /// The input: stdin of the module (a file, or - for this process's stdin), or for --onnx
+    /// the input tensor as a .npy file.
     #[arg(long)]
     pub input: Option<String>,
     /// An argument for the module (repeatable).
@@ -83,6 +95,9 @@ pub struct SubmitArgs {
     /// Wait for the result, show progress and print the output.
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: write the output to this file (for --onnx, a .npy tensor) instead of stdout.
+    #[arg(short, long, requires = "wait")]
+    pub output: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -279,18 +294,59 @@ struct WaitReport<'a> {
     workers: &'a [String],
 }
 
-async fn submit(a: SubmitArgs) -> Result<ExitCode> {
-    let module = std::fs::read(&a.module)
-        .with_context(|| format!("cannot read module {}", a.module.display()))?;
-    if !module.starts_with(b"\0asm") {
+fn parse_compare(s: &str) -> Result<Compare, String> {
+    s.parse()
+}
+
+/// Reads the program and input of `job submit`: a .wasm module and its stdin, or an ONNX model
+/// and its .npy input tensor, each checked for its form before anything is uploaded.
+fn read_job(a: &SubmitArgs) -> Result<(Vec<u8>, Vec<u8>)> {
+    if let Some(model) = &a.onnx {
+        let bytes = std::fs::read(model)
+            .with_context(|| format!("cannot read model {}", model.display()))?;
+        let Some(path) = a.input.as_deref().filter(|p| *p != "-") else {
+            bail!(
+                "an ONNX job needs its input tensor: --input x.npy (numpy: np.save('x.npy', x), \
+                 with the model's input dtype and shape)"
+            );
+        };
+        let input = std::fs::read(path).with_context(|| format!("cannot read input {path}"))?;
+        if !input.starts_with(b"\x93NUMPY") {
+            bail!(
+                "{path} is not a .npy file (it does not start with \\x93NUMPY); write the tensor \
+                 with numpy: np.save('x.npy', x)"
+            );
+        }
+        return Ok((bytes, input));
+    }
+    let Some(path) = &a.module else {
+        bail!("name a .wasm module, or an ONNX model with --onnx MODEL.onnx");
+    };
+    if let Some(rule) = a.verify {
         bail!(
-            "{} is not a WebAssembly module (it does not start with \\0asm); compile your program to wasm32-wasi",
-            a.module.display()
+            "--verify {rule} applies to ONNX jobs (--onnx MODEL.onnx): a WebAssembly job is \
+             deterministic and its replicas are compared bit for bit; drop --verify"
         );
     }
-    let input = read_input(&a.input)?;
+    let module =
+        std::fs::read(path).with_context(|| format!("cannot read module {}", path.display()))?;
+    if !module.starts_with(b"\0asm") {
+        bail!(
+            "{} is not a WebAssembly module (it does not start with \\0asm); compile your program \
+             to wasm32-wasi, or run an ONNX model with --onnx",
+            path.display()
+        );
+    }
+    Ok((module, read_input(&a.input)?))
+}
+
+async fn submit(a: SubmitArgs) -> Result<ExitCode> {
+    let (module, input) = read_job(&a)?;
     let api = a.node.connect()?;
+    let onnx = a.onnx.is_some();
     let req = SubmitRequest {
+        runtime: onnx.then(|| "onnx".to_string()),
+        verify: a.verify.map(|v| v.to_string()),
         args: a.args.clone(),
         redundancy: Some(a.redundancy),
         max_price: Some(a.max_price),
@@ -320,6 +376,10 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode> {
         _ => None,
     };
     if a.json {
+        // A tensor is not text: with --json it goes to the -o file only.
+        if let (Some(bytes), Some(path)) = (&output, a.output.as_deref()) {
+            write_output(bytes, Some(path), onnx)?;
+        }
         let report = WaitReport {
             id: &id,
             state: record.state,
@@ -328,14 +388,35 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode> {
             stderr: record.stderr.as_deref(),
             output: output
                 .as_deref()
+                .filter(|_| !onnx)
                 .map(|b| String::from_utf8_lossy(b).into_owned()),
             workers: &record.quorum,
         };
         outln!("{}", serde_json::to_string(&report)?);
     } else if let Some(bytes) = &output {
-        std::io::stdout().write_all(bytes)?;
+        write_output(bytes, a.output.as_deref(), onnx)?;
     }
     Ok(report_ending(&record))
+}
+
+/// Writes a job's output to `path`, or to stdout; a tensor (`binary`) is not written to a
+/// terminal, where it would be noise: the user is told how to save it instead.
+fn write_output(bytes: &[u8], path: Option<&std::path::Path>, binary: bool) -> Result<()> {
+    use std::io::IsTerminal as _;
+    match path {
+        Some(p) => {
+            std::fs::write(p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        None if binary && std::io::stdout().is_terminal() => {
+            eprintln!(
+                "the output is a .npy tensor of {} bytes; save it with -o y.npy (or redirect \
+                 stdout) and read it with numpy.load",
+                bytes.len()
+            );
+        }
+        None => std::io::stdout().write_all(bytes)?,
+    }
+    Ok(())
 }
 
 /// Follows a job until it is final, with a spinner that says what it waits for.
@@ -377,6 +458,15 @@ pub fn render(r: &JobView) -> String {
     let mut s = String::new();
     kv(&mut s, "job", &r.id);
     kv(&mut s, "state", r.state.as_str());
+    let runtime = if r.spec.runtime == "wasm" {
+        "wasm (outputs compared bit for bit)".to_string()
+    } else {
+        format!(
+            "{} (replicas compared by {})",
+            r.spec.runtime, r.spec.verify
+        )
+    };
+    kv(&mut s, "runtime", &runtime);
     if let Some(w) = &r.reason {
         kv(&mut s, "reason", w);
     }
@@ -457,14 +547,9 @@ async fn output(a: OutputArgs) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    match &a.output {
-        Some(p) => {
-            std::fs::write(p, &bytes).with_context(|| format!("cannot write {}", p.display()))?
-        }
-        None => std::io::stdout().write_all(&bytes)?,
-    }
     // A verified output may come from a program that reported failure.
     let r = api.job(&a.id).await?;
+    write_output(&bytes, a.output.as_deref(), r.spec.runtime == "onnx")?;
     Ok(report_ending(&r))
 }
 

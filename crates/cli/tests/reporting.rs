@@ -215,3 +215,86 @@ fn a_cancelled_job_is_a_failed_job_and_a_pending_one_has_no_output_yet() {
         "{all}"
     );
 }
+
+/// `agora job submit --onnx`: a model and a .npy input, verified by a rule, the output written
+/// with `-o` by `--wait` and by `job output`, the runtime and rule shown by `job status`; and the
+/// mistakes a user makes refused before anything is uploaded, each saying what to do.
+#[test]
+fn an_onnx_job_from_the_cli_with_its_rule_shown_and_the_tensor_saved() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/onnx");
+    let model = format!("{dir}/mlp.onnx");
+    let x1 = format!("{dir}/x1.npy");
+    let net = Network::start(2);
+    let y = net.file("y.npy", b"");
+    let out = net.cli(
+        0,
+        &[
+            "job",
+            "submit",
+            "--onnx",
+            &model,
+            "--input",
+            &x1,
+            "--verify",
+            "topk:2",
+            "--redundancy",
+            "1",
+            "--wait",
+            "-o",
+            y.to_str().unwrap(),
+        ],
+    );
+    let all = show("job submit --onnx --wait -o", &out);
+    assert!(out.status.success(), "{all}");
+    let id = text(&out.stderr)
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("job "))
+        .unwrap_or_else(|| panic!("no job id first: {all}"))
+        .trim()
+        .to_string();
+    let saved = std::fs::read(&y).unwrap();
+    assert!(saved.starts_with(b"\x93NUMPY"), "not a .npy: {all}");
+    assert!(
+        text(&out.stdout).is_empty(),
+        "a tensor went to stdout: {all}"
+    );
+
+    let out = net.cli(0, &["job", "status", &id]);
+    let all = show("job status", &out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        text(&out.stdout).contains("runtime   onnx (replicas compared by topk:2)"),
+        "{all}"
+    );
+    let again = net.file("again.npy", b"");
+    let out = net.cli(0, &["job", "output", &id, "-o", again.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show("job output -o", &out));
+    assert_eq!(std::fs::read(&again).unwrap(), saved);
+
+    // Refused locally, before any upload.
+    let wasm = format!(
+        "{}/../../examples/wasm/primes.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let cases: [(&[&str], &str); 4] = [
+        (&["--onnx", &model], "--input x.npy"),
+        (&["--onnx", &model, "--input", &model], "not a .npy file"),
+        (&[&wasm, "--verify", "argmax"], "--onnx"),
+        (
+            &["--onnx", &model, "--input", &x1, "--verify", "median"],
+            "argmax",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut full = vec!["job", "submit"];
+        full.extend_from_slice(args);
+        let out = net.cli(0, &full);
+        let all = show(&full.join(" "), &out);
+        assert!(!out.status.success(), "{all}");
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{needle:?} not said: {all}"
+        );
+    }
+}

@@ -85,7 +85,7 @@ pub use error::ExecError;
 pub use onnx::{
     Compare, Dtype, MAX_NPY_HEADER_BYTES, MAX_ONNX_COMPILATIONS, MAX_RANK, MAX_ROUND_DIGITS,
     ModelInfo, ONNX_CACHE_CAPACITY, OnnxEngine, OnnxJob, OnnxLimits, OnnxOutcome, TensorInfo,
-    canonicalize,
+    canonicalize, perturb,
 };
 pub use pool::{DEFAULT_QUEUE, Pool, default_slots};
 pub use sandbox::{MAX_COMPILATIONS, MAX_MODULE_BYTES, MODULE_CACHE_CAPACITY, Sandbox};

@@ -53,7 +53,7 @@ use tract_onnx::tract_core::plan::{EvalContext, SimplePlan};
 use tract_onnx::tract_hir::infer::{GenericFactoid, InferenceModel};
 use tract_onnx::tract_hir::ops::unimpl::UnimplementedOp;
 
-pub use compare::{Compare, MAX_ROUND_DIGITS, canonicalize};
+pub use compare::{Compare, MAX_ROUND_DIGITS, canonicalize, perturb};
 pub use npy::{Dtype, MAX_NPY_HEADER_BYTES, MAX_RANK};
 
 use crate::ExecError;
@@ -99,6 +99,24 @@ impl Default for OnnxLimits {
             memory_bytes: 256 * 1024 * 1024,
             wall_time: Duration::from_secs(30),
             compile_time: crate::DEFAULT_COMPILE_TIME,
+        }
+    }
+}
+
+impl OnnxLimits {
+    /// The limits of an ONNX job's spec: its model and input sizes (already bounded by the
+    /// node's spec bounds), its memory and wall-time limits, `max_output_bytes`, and the
+    /// defaults for the rest. Every replica derives the same limits from the signed spec, so a
+    /// limit is a deterministic verdict.
+    pub fn for_spec(spec: &agora_types::job::JobSpec, max_output_bytes: usize) -> Self {
+        let defaults = Self::default();
+        Self {
+            max_model_bytes: usize::try_from(spec.module_size).unwrap_or(usize::MAX),
+            max_input_bytes: usize::try_from(spec.input_size).unwrap_or(usize::MAX),
+            max_output_bytes,
+            memory_bytes: spec.limits.memory_bytes,
+            wall_time: Duration::from_millis(spec.limits.wall_time_ms),
+            ..defaults
         }
     }
 }
@@ -326,6 +344,28 @@ impl OnnxEngine {
         check_size("the model", model.len(), limits.max_model_bytes)?;
         let hash = *blake3::hash(model).as_bytes();
         let (plan, _) = self.prepare(&Arc::from(model), &hash, limits.compile_time)?;
+        Ok(plan.info.clone())
+    }
+
+    /// Checks `input` against `model` without running it: the sizes, the model (compiled and
+    /// cached as by [`OnnxEngine::validate`]), the `.npy` header and data, the dtype and shape
+    /// against the model's input, and the memory estimate. What a submitter checks before it
+    /// asks anyone to run the job.
+    pub fn check_input(
+        &self,
+        model: &[u8],
+        input: &[u8],
+        limits: &OnnxLimits,
+    ) -> Result<ModelInfo, ExecError> {
+        check_size("the model", model.len(), limits.max_model_bytes)?;
+        check_size("the input tensor", input.len(), limits.max_input_bytes)?;
+        let hash = *blake3::hash(model).as_bytes();
+        let (plan, _) = self.prepare(&Arc::from(model), &hash, limits.compile_time)?;
+        let tensor = npy::decode(input, limits.max_elements)?;
+        let dtype = Dtype::from_tract(tensor.datum_type())
+            .ok_or_else(|| ExecError::Internal("decoded an unknown dtype".into()))?;
+        let values = bind_input(&plan, dtype, tensor.shape())?;
+        estimate(&plan, &values, limits)?;
         Ok(plan.info.clone())
     }
 

@@ -78,6 +78,7 @@ fn result(worker: usize, job: Hash, out: &str, price: u64) -> Signed<WorkResult>
             exit_code: 0,
             output_hash: Hash::of(out.as_bytes()),
             fuel_used: 1,
+            compared: None,
         },
         price,
     };
@@ -141,6 +142,7 @@ fn credit_job(a: usize, j: u8) -> agora_types::job::SignedJob {
         deadline_ms: 0,
         nonce: u64::from(j),
         credit: true,
+        runtime: Default::default(),
     };
     Signed::sign(&key(a), spec, 1).unwrap()
 }

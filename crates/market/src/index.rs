@@ -256,6 +256,7 @@ pub(crate) mod tests {
             deadline_ms: 0,
             nonce: 1,
             credit: false,
+            runtime: Default::default(),
         }
     }
 

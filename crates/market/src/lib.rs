@@ -57,6 +57,8 @@
 //! - [`job`]: the per-job record.
 //! - [`market`]: the submitter's state machine.
 //! - [`worker`]: the worker's state machine: bid policy, lease book, heartbeats, expiry.
+//! - [`settlement`]: the submitter's settlement machine: escrow locks, settlements, refunds,
+//!   credit lines, reconciled with each block.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![warn(missing_docs)]
 
@@ -67,6 +69,7 @@ pub mod market;
 pub mod quorum;
 pub mod reputation;
 pub mod select;
+pub mod settlement;
 pub mod worker;
 
 pub use config::{Config, Weights};

@@ -1384,6 +1384,10 @@ impl Market {
         } else {
             ctx.announce(&mut rec);
         }
+        // The fast path may have leased already: count those leases in the workers' load, as
+        // `with_job` does for every later change.
+        let leased: Vec<PeerId> = rec.active_leases().map(|l| l.worker).collect();
+        track_load(&mut self.load, &[], &leased, now);
         track_queue(&mut self.queue, &mut self.queued, id, queue_key(&rec));
         track_queue(
             &mut self.deadlines,

@@ -93,6 +93,7 @@ fn ok(tag: &str) -> Outcome {
         exit_code: 0,
         output_hash: Hash::of(tag.as_bytes()),
         fuel_used: 7,
+        compared: None,
     }
 }
 
@@ -1369,6 +1370,7 @@ fn exit_code_and_stderr_are_recorded() {
         exit_code: 7,
         output_hash: Hash::of(b""),
         fuel_used: 1,
+        compared: None,
     };
     for w in got {
         m.handle(

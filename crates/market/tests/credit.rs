@@ -170,6 +170,7 @@ impl World {
             deadline_ms: 0,
             nonce: self.jobs,
             credit: true,
+            runtime: Default::default(),
         };
         Signed::sign(&key(0), spec, self.now).unwrap()
     }
@@ -239,6 +240,7 @@ impl World {
                                 exit_code: 0,
                                 output_hash: Hash::of(b"ok"),
                                 fuel_used: 1,
+                                compared: None,
                             },
                             price,
                         };

@@ -24,6 +24,7 @@ use agora_ledger::{
     AccountId, Block, Event as LedgerEvent, Genesis, GenesisAccount, Ledger, Params, SignedTx, Tx,
     TxKind,
 };
+use agora_market::settlement::{self, Settlement};
 use agora_market::worker::{self, Answer, Beat, Offer, Settings, Standing, Timer, Worker};
 use agora_market::{Config, Input, JobState, Market, Output};
 use agora_types::job::{
@@ -88,6 +89,8 @@ struct Node {
     peer: PeerId,
     market: Market,
     worker: Worker,
+    /// The shipped settlement machine (fed only with a ledger).
+    settlement: Settlement,
     /// Executor slots: leases beyond them wait in `queue`.
     slots: usize,
     running: BTreeSet<JobId>,
@@ -186,8 +189,8 @@ struct Chain {
     pending: Vec<SignedTx>,
     nonces: Vec<u64>,
     /// Settled jobs the workers hear of with the next block (a node's core hears of a block
-    /// after the chain applied it).
-    late: Vec<JobId>,
+    /// after the chain applied it), per node.
+    late: Vec<(usize, JobId)>,
     short: usize,
     conserved: bool,
 }
@@ -257,6 +260,15 @@ impl Sim {
             nodes.push(Node {
                 market: Market::new(Config::local(), peer),
                 worker: Worker::new(peer, settings),
+                settlement: Settlement::new(
+                    peer,
+                    account(&peer),
+                    settlement::Settings {
+                        // The lines are opened once, in the first block (see `Sim::run`).
+                        credit_per_worker: 0,
+                        ad_ttl_ms: Config::local().ad_ttl_ms,
+                    },
+                ),
                 key,
                 peer,
                 slots,
@@ -337,6 +349,7 @@ impl Sim {
             deadline_ms,
             nonce: k as u64,
             credit,
+            runtime: Default::default(),
         }
     }
 
@@ -358,8 +371,10 @@ impl Sim {
             .push(Signed::sign(&key, tx, now).expect("sign"));
     }
 
-    /// A block: applies what was sent, tells the markets which peers are staked and which
-    /// lines they hold, and the workers which of their credit jobs were settled.
+    /// A block: applies what was sent, and feeds its events and the ledger to every node's
+    /// settlement machine, which tells the market which peers are staked and which lines it
+    /// holds, settles again what is owed, and names the settled jobs (the workers hear of them
+    /// with the next block).
     fn block(&mut self) {
         let now = self.now;
         let Some(chain) = self.chain.as_mut() else {
@@ -372,47 +387,69 @@ impl Sim {
         };
         let receipt = chain.ledger.apply_block(&block).expect("block");
         chain.conserved &= chain.ledger.supply_conserved();
-        let settled: Vec<JobId> = std::mem::take(&mut chain.late);
-        for (_, e) in &receipt.events {
-            match e {
-                LedgerEvent::Paid { job_id, .. }
-                | LedgerEvent::Slashed {
-                    job_id: Some(job_id),
-                    ..
-                } => chain.late.push(*job_id),
-                LedgerEvent::CreditShort { .. } => chain.short += 1,
-                _ => {}
+        chain.short += receipt
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, LedgerEvent::CreditShort { .. }))
+            .count();
+        let settled = std::mem::take(&mut chain.late);
+        for (n, id) in settled {
+            if self.nodes[n].worker.is_owed(&id) {
+                self.worker(n, worker::Input::Settled(id));
             }
         }
-        let ledger = &chain.ledger;
-        let stakers: std::collections::HashSet<PeerId> = self
-            .nodes
-            .iter()
-            .map(|n| n.peer)
-            .filter(|p| ledger.can_bid(&account(p)))
-            .collect();
-        let lines: Vec<std::collections::HashSet<PeerId>> = self
-            .nodes
-            .iter()
-            .map(|n| {
-                ledger
-                    .credits_of(&account(&n.peer))
-                    .filter(|(_, c)| c.closing_after_ms.is_none() && c.amount > 0)
-                    .filter_map(|(w, _)| w.peer_id().ok())
-                    .collect()
-            })
-            .collect();
-        for (n, lines) in lines.into_iter().enumerate() {
-            self.market(n, Input::Stakers(stakers.clone()));
-            self.market(n, Input::CreditLines(lines));
-            for id in &settled {
-                if self.nodes[n].worker.is_owed(id) {
-                    self.worker(n, worker::Input::Settled(*id));
-                }
-            }
+        let events: Vec<LedgerEvent> = receipt.events.into_iter().map(|(_, e)| e).collect();
+        for n in 0..self.nodes.len() {
+            let Some(chain) = self.chain.as_ref() else {
+                return;
+            };
+            let node = &mut self.nodes[n];
+            let input = settlement::Input::Block {
+                events: &events,
+                ledger: &chain.ledger,
+                index: node.market.index(),
+            };
+            let out = node.settlement.handle(input, now);
+            self.settlement_outs(n, out);
         }
         if self.finished < self.load.jobs {
             self.push(now + BLOCK_MS, Event::Block);
+        }
+    }
+
+    /// Feeds node `n`'s settlement machine an input made with the ledger.
+    fn settlement(
+        &mut self,
+        n: usize,
+        input: impl for<'a> FnOnce(&'a Ledger) -> settlement::Input<'a>,
+    ) {
+        let Some(chain) = self.chain.as_ref() else {
+            return;
+        };
+        let out = self.nodes[n]
+            .settlement
+            .handle(input(&chain.ledger), self.now);
+        self.settlement_outs(n, out);
+    }
+
+    /// Carries out node `n`'s settlement decisions, as the node's core does.
+    fn settlement_outs(&mut self, n: usize, out: Vec<settlement::Output>) {
+        for o in out {
+            match o {
+                settlement::Output::Send(kind) => self.send_tx(n, kind),
+                settlement::Output::EscrowLocked(id) => self.market(n, Input::EscrowLocked(id)),
+                settlement::Output::Cancel(id) => self.market(n, Input::Cancel(id)),
+                settlement::Output::Stakers(set) => self.market(n, Input::Stakers(set)),
+                settlement::Output::CreditLines(set) => self.market(n, Input::CreditLines(set)),
+                settlement::Output::Penalize { peer, delta } => {
+                    self.nodes[n].market.reputation_mut().penalize(peer, delta);
+                }
+                settlement::Output::Settled(id) => {
+                    if let Some(chain) = self.chain.as_mut() {
+                        chain.late.push((n, id));
+                    }
+                }
+            }
         }
     }
 
@@ -718,6 +755,7 @@ impl Sim {
                             exit_code: 0,
                             output_hash,
                             fuel_used: 1_000,
+                            compared: None,
                         },
                         price,
                     };
@@ -787,12 +825,28 @@ impl Sim {
                     let to = self.by_peer[&worker];
                     self.send(n, to, Msg::Cancel(job_id));
                 }
-                Output::Verified { job_id, .. } => {
+                Output::Verified { job_id, .. } | Output::Failed { job_id, .. } => {
                     self.finished += 1;
                     self.settle(n, job_id);
                 }
-                Output::Failed { .. } => self.finished += 1,
-                Output::LockEscrow { .. } => unreachable!("the simulation runs without escrow"),
+                Output::LockEscrow {
+                    job_id,
+                    amount,
+                    max_price,
+                    redundancy,
+                } => {
+                    if self.chain.is_none() {
+                        self.market(n, Input::EscrowLocked(job_id));
+                    } else {
+                        self.settlement(n, move |ledger| settlement::Input::NeedEscrow {
+                            job_id,
+                            amount,
+                            max_price,
+                            redundancy,
+                            ledger,
+                        });
+                    }
+                }
                 Output::Reputation { peer, delta, .. } => self.broadcast(
                     n,
                     Msg::Reputation {
@@ -814,20 +868,18 @@ impl Sim {
         outs
     }
 
-    /// Node `n` settles its verified credit job from its lines: the agreeing results are paid,
-    /// the outvoted ones slashed (the node's core does the same).
+    /// Node `n`'s job is final: its settlement machine owes its settlement (the node's core
+    /// does the same).
     fn settle(&mut self, n: usize, job_id: JobId) {
-        if self.chain.is_none() {
-            return;
-        }
-        let rec = self.nodes[n].market.job(&job_id).expect("verified job");
-        let (quorum, minority) = rec.evidence();
-        let kind = TxKind::SettleCredit {
-            job: Box::new(rec.job.clone()),
-            quorum,
-            minority,
+        let rec = self.nodes[n].market.job(&job_id);
+        let job = settlement::Finished {
+            job_id,
+            evidence: rec.and_then(|r| r.outcome.as_ref().map(|_| r.evidence())),
+            credit: rec
+                .filter(|r| r.job.payload.credit)
+                .map(|r| Box::new(r.job.clone())),
         };
-        self.send_tx(n, kind);
+        self.settlement(n, move |ledger| settlement::Input::Final { job, ledger });
     }
 
     fn summarize(&self, ids: &[(usize, JobId)]) -> Summary {

@@ -20,14 +20,17 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_exec::{ExecError, Limits as ExecLimits, Pool};
+use agora_exec::{
+    Compare, ExecError, Limits as ExecLimits, OnnxJob, OnnxLimits, Pool, canonicalize, perturb,
+};
 use agora_ledger::Event;
+use agora_market::settlement::{self, Settlement};
 use agora_market::worker::{self, Beat, Standing, Timer, Worker};
 use agora_market::{Input, JobRecord, Market, Output};
 use agora_net::{NetEvent, NetHandle, PeerId, PeerInfo};
 use agora_types::job::{
-    Health, Heartbeat, JobId, Lease, MAX_NOTICES, MAX_STDERR_BYTES, Outcome, ReputationUpdate,
-    ResultNotice, ResultNotices, SignedJob, WorkResult, job_id,
+    Health, Heartbeat, JobId, JobSpec, Lease, MAX_NOTICES, MAX_STDERR_BYTES, Outcome,
+    ReputationUpdate, ResultNotice, ResultNotices, Runtime, SignedJob, WorkResult, job_id,
 };
 use agora_types::ledger::{AccountId, TxKind};
 use agora_types::sign::{Domain, Signed};
@@ -130,16 +133,14 @@ pub(crate) struct Core {
     pub blocks: mpsc::Receiver<u64>,
     /// The last height whose events were handled.
     pub ledger_seen: u64,
-    /// Escrow transactions of our jobs in flight: job -> (height sent, attempts).
-    pub escrow_txs: HashMap<JobId, (u64, u32)>,
+    /// The settlement machine: escrow locks, settlements, refunds, credit lines.
+    pub settlement: Settlement,
     /// The stake set last given to the network (permissioned mode).
     pub authorized: Option<std::collections::HashSet<PeerId>>,
     /// Rewards not gossiped yet, per worker: (action, summed delta, job if only one).
     pub rewards: std::collections::BTreeMap<PeerId, (&'static str, i64, Option<JobId>)>,
     /// Verified results not gossiped yet (at most [`MAX_NOTICES`]).
     pub notices: Vec<ResultNotice>,
-    /// Credit-line transactions in flight: worker -> height sent.
-    pub credit_txs: HashMap<AccountId, u64>,
     /// Callers waiting for a job to be final ([`Command::WaitFinal`]; at most [`MAX_WAITERS`]).
     pub waiters: HashMap<JobId, Vec<oneshot::Sender<Option<JobRecord>>>>,
 }
@@ -149,13 +150,6 @@ const MAX_WAITERS: usize = 4096;
 
 /// The most workers with rewards waiting for the next beacon; past it they go out at once.
 const MAX_PENDING_REWARDS: usize = 1024;
-
-/// Blocks to wait for an escrow transaction before sending it again.
-const ESCROW_RETRY_BLOCKS: u64 = 20;
-/// The most credit lines opened or topped up per block.
-const CREDIT_TXS_PER_BLOCK: usize = 8;
-/// Settlements tried before falling back to a refund.
-const SETTLE_ATTEMPTS: u32 = 3;
 
 /// The most requests, gossip publications and other short tasks in flight at once; past it a new
 /// one is dropped (with a warning) rather than queued without bound.
@@ -221,6 +215,7 @@ impl Core {
         }
         let outputs = self.market.restore(restored, now_ms());
         self.apply(outputs);
+        self.restore_settlement();
         let mut beacon = tokio::time::interval(self.shared.config.ad_interval);
         beacon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut peers_tick = tokio::time::interval(Duration::from_secs(1));
@@ -1008,20 +1003,75 @@ impl Core {
         if !signed.payload.output_matches(&output) {
             return refuse(reply, "the output does not match its hash".into());
         }
-        if self.market.job(&signed.payload.job_id).is_none() {
+        let Some(rec) = self.market.job(&signed.payload.job_id) else {
             return refuse(reply, "no such job here".into());
-        }
+        };
+        let compare = match (rec.job.payload.runtime, &signed.payload.outcome) {
+            (
+                Runtime::Onnx { compare },
+                Outcome::Completed {
+                    compared: Some(c), ..
+                },
+            ) => Some((compare, *c)),
+            (Runtime::Onnx { .. }, Outcome::Completed { compared: None, .. }) => {
+                return refuse(
+                    reply,
+                    "an ONNX job's result must carry the hash of its output under the job's \
+                     comparison rule (`compared`)"
+                        .into(),
+                );
+            }
+            (
+                Runtime::Wasm,
+                Outcome::Completed {
+                    compared: Some(_), ..
+                },
+            ) => {
+                return refuse(
+                    reply,
+                    "a WebAssembly job's outputs are compared bit for bit: `compared` must be empty"
+                        .into(),
+                );
+            }
+            _ => None,
+        };
         // Keep the output (content-addressed) before the market sees the result, so that a
         // verified job's output is on disk by the time anyone asks for it.
         let result = signed;
         let store = self.shared.store.clone();
         let tx = self.internal_tx.clone();
         self.tasks.spawn(async move {
-            if !output.is_empty() {
-                let stored = tokio::task::spawn_blocking(move || store.put_blob(&output)).await;
-                if !matches!(stored, Ok(Ok(_))) {
-                    let _ = reply.send(Response::Refused("cannot store the output".into()));
-                    return;
+            if !output.is_empty() || compare.is_some() {
+                let stored = tokio::task::spawn_blocking(move || {
+                    // The vote counts `compared`: it must be what the output gives under the
+                    // job's rule, or a worker could vote with the quorum and hand back anything.
+                    if let Some((rule, claimed)) = compare {
+                        match canonicalize(&output, &rule) {
+                            Ok(c) if Hash::of(&c) == claimed => {}
+                            Ok(_) => {
+                                return Err(format!(
+                                    "the output's {rule} form does not match the result's \
+                                     `compared` hash"
+                                ));
+                            }
+                            Err(e) => return Err(format!("the output is not a tensor: {e}")),
+                        }
+                    }
+                    store
+                        .put_blob(&output)
+                        .map_err(|e| format!("cannot store the output: {e}"))
+                })
+                .await;
+                match stored {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(why)) => {
+                        let _ = reply.send(Response::Refused(why));
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Response::Refused("cannot store the output".into()));
+                        return;
+                    }
                 }
             }
             let _ = tx
@@ -1101,206 +1151,105 @@ impl Core {
         }
     }
 
+    /// Asks the settlement machine for an escrow lock (without a ledger there is nothing to lock).
     fn lock_escrow(&mut self, job_id: JobId, amount: u64, max_price: u64, redundancy: u8) {
-        let Some(ledger) = self.ledger.clone() else {
-            // No ledger: nothing to lock.
-            self.feed(Input::EscrowLocked(job_id));
-            return;
-        };
-        let (locked, height) = {
-            let st = ledger.lock();
-            let locked = st
-                .ledger
-                .escrow(&job_id)
-                .is_some_and(|e| e.owner == ledger.local);
-            (locked, st.ledger.height())
-        };
-        if locked {
-            self.escrow_txs.remove(&job_id);
+        if self.ledger.is_none() {
             self.feed(Input::EscrowLocked(job_id));
             return;
         }
-        if let Some((sent, _)) = self.escrow_txs.get(&job_id)
-            && height < sent + ESCROW_RETRY_BLOCKS
-        {
-            return;
-        }
-        let attempts = self.escrow_txs.get(&job_id).map_or(0, |(_, a)| *a);
-        let sent = self.send_tx(TxKind::EscrowLock {
+        self.feed_settlement(move |ledger| settlement::Input::NeedEscrow {
             job_id,
             amount,
             max_price,
             redundancy,
+            ledger,
         });
-        if sent {
-            self.escrow_txs.insert(job_id, (height, attempts + 1));
-        } else {
-            warn!(job = %job_id.short(), "cannot lock the escrow; cancelling the job");
-            self.feed(Input::Cancel(job_id));
-        }
     }
 
-    /// Pays a finished job's quorum and slashes its minority, or takes the escrow back when there
-    /// is no quorum to pay and the refund height has passed. Retried from [`Core::on_block`]
-    /// until the escrow is closed.
+    /// A job is final: its settlement (or refund) is owed.
     fn settle(&mut self, job_id: JobId) {
+        let job = finished(job_id, self.market.job(&job_id));
+        self.feed_settlement(move |ledger| settlement::Input::Final { job, ledger });
+    }
+
+    /// At start: tells the settlement machine of the restored jobs that hold an escrow or may
+    /// still owe a settlement (and so which escrows of ours are orphans).
+    fn restore_settlement(&mut self) {
+        let mut live = Vec::new();
+        let mut done = Vec::new();
+        for rec in self.market.jobs() {
+            if rec.state.is_final() {
+                done.push(finished(rec.id, Some(rec)));
+            } else if rec.state != agora_market::JobState::AwaitingEscrow && !rec.job.payload.credit
+            {
+                live.push(rec.id);
+            }
+        }
+        self.feed_settlement(move |ledger| settlement::Input::Restored {
+            live,
+            finished: done,
+            ledger,
+        });
+    }
+
+    /// Feeds the settlement machine an input made with the ledger (under its lock, released
+    /// before the outputs are carried out). Nothing without a ledger.
+    fn feed_settlement(
+        &mut self,
+        input: impl for<'a> FnOnce(&'a agora_ledger::Ledger) -> settlement::Input<'a>,
+    ) {
         let Some(ledger) = self.ledger.clone() else {
             return;
         };
-        if self
-            .market
-            .job(&job_id)
-            .is_some_and(|r| r.job.payload.credit)
-        {
-            self.settle_credit(&ledger, job_id);
-            return;
-        }
-        let (escrow, height) = {
+        let out = {
             let st = ledger.lock();
-            (st.ledger.escrow(&job_id).cloned(), st.ledger.height())
+            self.settlement.handle(input(&st.ledger), now_ms())
         };
-        let Some(escrow) = escrow else {
-            self.escrow_txs.remove(&job_id);
-            return;
-        };
-        if escrow.owner != ledger.local {
-            return;
-        }
-        let (sent, attempts) = self.escrow_txs.get(&job_id).copied().unwrap_or((0, 0));
-        if attempts > 0 && height < sent + ESCROW_RETRY_BLOCKS {
-            return;
-        }
-        let evidence = self.market.job(&job_id).and_then(|rec| {
-            rec.outcome.as_ref()?;
-            Some(rec.evidence())
-        });
-        let kind = match evidence {
-            Some((quorum, minority)) if !quorum.is_empty() && attempts < SETTLE_ATTEMPTS => {
-                info!(job = %job_id.short(), paid = quorum.len(), slashed = minority.len(), "settling");
-                TxKind::Settle {
-                    job_id,
-                    quorum,
-                    minority,
-                }
-            }
-            // A quorum to pay whose settlement keeps failing: wait for the refund height.
-            Some((quorum, _)) if !quorum.is_empty() && height < escrow.refund_height => return,
-            // Nothing to pay (cancelled, deadline, no quorum, a machine-dependent limit): the
-            // escrow returns at once.
-            _ => {
-                info!(job = %job_id.short(), "refunding the escrow");
-                TxKind::Refund { job_id }
-            }
-        };
-        if self.send_tx(kind) {
-            self.escrow_txs.insert(job_id, (height, attempts + 1));
-        }
+        self.apply_settlement(out);
     }
 
-    /// Pays a verified credit job's quorum from our credit lines (nothing was locked for it, so
-    /// a job without a quorum to pay needs nothing). Retried from [`Core::on_block`] until the
-    /// ledger has closed the job.
-    fn settle_credit(&mut self, ledger: &LedgerRef, job_id: JobId) {
-        let (closed, height) = {
-            let st = ledger.lock();
-            (st.ledger.is_closed(&job_id), st.ledger.height())
-        };
-        if closed {
-            self.escrow_txs.remove(&job_id);
-            return;
-        }
-        let (sent, attempts) = self.escrow_txs.get(&job_id).copied().unwrap_or((0, 0));
-        if attempts >= SETTLE_ATTEMPTS || (attempts > 0 && height < sent + ESCROW_RETRY_BLOCKS) {
-            return;
-        }
-        let Some(rec) = self.market.job(&job_id) else {
-            return;
-        };
-        let (quorum, minority) = rec.evidence();
-        if rec.outcome.is_none() || quorum.is_empty() {
-            return;
-        }
-        let job = Box::new(rec.job.clone());
-        info!(job = %job_id.short(), paid = quorum.len(), slashed = minority.len(), "settling from credit lines");
-        if self.send_tx(TxKind::SettleCredit {
-            job,
-            quorum,
-            minority,
-        }) {
-            self.escrow_txs.insert(job_id, (height, attempts + 1));
-        }
-    }
-
-    /// With `credit_per_worker` set: opens (or tops up, once half spent) a credit line to each
-    /// staked worker in the capability index, a few per block, while the balance allows.
-    fn open_credit_lines(&mut self, ledger: &LedgerRef) {
-        let per = self
-            .shared
-            .config
-            .ledger
-            .as_ref()
-            .map_or(0, |l| l.credit_per_worker);
-        if per == 0 {
-            return;
-        }
-        let local = self.net.local_peer_id();
-        let now = now_ms();
-        let ttl = self.market.config().ad_ttl_ms;
-        let (mut balance, height, wanted) = {
-            let st = ledger.lock();
-            let balance = st.ledger.account(&ledger.local).map_or(0, |a| a.balance);
-            let mut wanted = Vec::new();
-            for (peer, e) in self.market.index().iter() {
-                if *peer == local || now.saturating_sub(e.updated_ms) > ttl {
-                    continue;
+    /// Carries out the settlement machine's decisions.
+    fn apply_settlement(&mut self, out: Vec<settlement::Output>) {
+        let mut queue = std::collections::VecDeque::from(out);
+        while let Some(o) = queue.pop_front() {
+            match o {
+                settlement::Output::Send(kind) => {
+                    let what = settlement::Sent::of(&kind);
+                    if !self.send_tx(kind)
+                        && let Some(what) = what
+                    {
+                        let input = settlement::Input::SendFailed(what);
+                        queue.extend(self.settlement.handle(input, now_ms()));
+                    }
                 }
-                let Some(worker) = AccountId::from_peer_id(peer) else {
-                    continue;
-                };
-                if !st.ledger.can_bid(&worker) {
-                    continue;
+                settlement::Output::EscrowLocked(id) => self.feed(Input::EscrowLocked(id)),
+                settlement::Output::Cancel(id) => {
+                    warn!(job = %id.short(), "cannot lock the escrow; cancelling the job");
+                    self.feed(Input::Cancel(id));
                 }
-                let have = st.ledger.credit_line(&ledger.local, &worker);
-                if have.is_some_and(|c| c.closing_after_ms.is_some()) {
-                    continue;
+                settlement::Output::Stakers(set) => self.feed(Input::Stakers(set)),
+                settlement::Output::CreditLines(set) => self.feed(Input::CreditLines(set)),
+                settlement::Output::Penalize { peer, delta } => {
+                    info!(%peer, delta, "slashed on the ledger");
+                    self.market.reputation_mut().penalize(peer, delta);
                 }
-                let amount = have.map_or(0, |c| c.amount);
-                if amount < per / 2 {
-                    wanted.push((worker, per - amount));
+                // A settled credit job no longer counts against its line for us as a worker.
+                settlement::Output::Settled(id) => {
+                    if self.worker.is_owed(&id) {
+                        self.feed_worker(worker::Input::Settled(id));
+                    }
                 }
-            }
-            (balance, st.ledger.height(), wanted)
-        };
-        let mut sent = 0;
-        for (worker, top_up) in wanted {
-            if sent >= CREDIT_TXS_PER_BLOCK || balance < top_up {
-                break;
-            }
-            if self
-                .credit_txs
-                .get(&worker)
-                .is_some_and(|h| height < h + ESCROW_RETRY_BLOCKS)
-            {
-                continue;
-            }
-            if self.send_tx(TxKind::CreditOpen {
-                worker,
-                amount: top_up,
-            }) {
-                self.credit_txs.insert(worker, height);
-                balance -= top_up;
-                sent += 1;
             }
         }
     }
 
-    /// A block was applied: act on its events, then bring our jobs' escrows in line with the
-    /// ledger (locks that landed, settlements still owed, transactions to gossip again).
+    /// A block was applied: hands its events and the ledger to the settlement machine (one
+    /// lock), then gossips our waiting transactions again now and then.
     fn on_block(&mut self, _height: u64) {
         let Some(ledger) = self.ledger.clone() else {
             return;
         };
-        let (events, height) = {
+        let (out, height) = {
             let st = ledger.lock();
             let events: Vec<Event> = st
                 .receipts
@@ -1308,99 +1257,15 @@ impl Core {
                 .filter(|r| r.height > self.ledger_seen)
                 .flat_map(|r| r.events.iter().map(|(_, e)| e.clone()))
                 .collect();
-            (events, st.ledger.height())
+            let input = settlement::Input::Block {
+                events: &events,
+                ledger: &st.ledger,
+                index: self.market.index(),
+            };
+            (self.settlement.handle(input, now_ms()), st.ledger.height())
         };
         self.ledger_seen = height;
-        let stakers = ledger.bidders();
-        self.feed(Input::Stakers(stakers));
-        let lines: std::collections::HashSet<PeerId> = {
-            let st = ledger.lock();
-            st.ledger
-                .credits_of(&ledger.local)
-                .filter(|(_, c)| c.closing_after_ms.is_none() && c.amount > 0)
-                .filter_map(|(w, _)| w.peer_id().ok())
-                .collect()
-        };
-        self.feed(Input::CreditLines(lines));
-        for e in events {
-            // A settled credit job no longer counts against its line for us as a worker.
-            if let Event::Paid { job_id, .. }
-            | Event::CreditShort { job_id, .. }
-            | Event::Slashed {
-                job_id: Some(job_id),
-                ..
-            } = &e
-                && self.worker.is_owed(job_id)
-            {
-                self.feed_worker(worker::Input::Settled(*job_id));
-            }
-            if let Event::CreditOpened { worker, .. } = &e {
-                self.credit_txs.remove(worker);
-            }
-            match e {
-                Event::EscrowLocked { job_id, owner, .. } if owner == ledger.local => {
-                    self.escrow_txs.remove(&job_id);
-                    self.feed(Input::EscrowLocked(job_id));
-                }
-                Event::Slashed {
-                    offender,
-                    offence,
-                    amount,
-                    ..
-                } => {
-                    if let Ok(peer) = offender.peer_id() {
-                        info!(%peer, %offence, amount, "slashed on the ledger");
-                        self.market
-                            .reputation_mut()
-                            .penalize(peer, offence.reputation_delta());
-                    }
-                }
-                _ => {}
-            }
-        }
-        // Jobs whose escrow landed while we were not looking (a restart), and finished jobs
-        // whose escrow is still open.
-        let mut waiting = Vec::new();
-        let mut unsettled = Vec::new();
-        {
-            let st = ledger.lock();
-            for rec in self.market.jobs() {
-                if rec.state == agora_market::JobState::AwaitingEscrow {
-                    if st.ledger.escrow(&rec.id).is_some() {
-                        waiting.push(rec.id);
-                    }
-                } else if (rec.state.is_final() && st.ledger.escrow(&rec.id).is_some())
-                    || (rec.job.payload.credit
-                        && rec.state == agora_market::JobState::Verified
-                        && !st.ledger.is_closed(&rec.id))
-                {
-                    unsettled.push(rec.id);
-                }
-            }
-            for (id, e) in st.ledger.escrows() {
-                if e.owner == ledger.local && self.market.job(id).is_none() {
-                    unsettled.push(*id);
-                }
-            }
-        }
-        for id in waiting {
-            self.escrow_txs.remove(&id);
-            self.feed(Input::EscrowLocked(id));
-        }
-        for id in unsettled {
-            self.settle(id);
-        }
-        let retry: Vec<(JobId, u64, u8)> = self
-            .market
-            .jobs()
-            .filter(|r| r.state == agora_market::JobState::AwaitingEscrow)
-            .map(|r| (r.id, r.job.payload.max_price, r.job.payload.redundancy))
-            .collect();
-        for (id, max_price, redundancy) in retry {
-            let amount = self.market.config().escrow_for(max_price, redundancy);
-            self.lock_escrow(id, amount, max_price, redundancy);
-        }
-        self.open_credit_lines(&ledger);
+        self.apply_settlement(out);
         if height % 10 == 0 {
             for tx in ledger.resign_pending() {
                 self.publish(GossipMessage::Tx(tx));
@@ -1425,6 +1290,18 @@ impl Core {
                 warn!(error = %e, "cannot update the authorized peers");
             }
         });
+    }
+}
+
+/// What the settlement machine needs of a final job: its evidence when it has an outcome, and
+/// the signed job when it is a credit job (a job the market no longer holds is refunded).
+fn finished(job_id: JobId, rec: Option<&JobRecord>) -> settlement::Finished {
+    settlement::Finished {
+        job_id,
+        evidence: rec.and_then(|r| r.outcome.as_ref().map(|_| r.evidence())),
+        credit: rec
+            .filter(|r| r.job.payload.credit)
+            .map(|r| Box::new(r.job.clone())),
     }
 }
 
@@ -1482,6 +1359,10 @@ fn failure(e: &ExecError) -> Outcome {
         ExecError::OutputTooLarge { .. } => "output",
         ExecError::InvalidModule(_) => "invalid_module",
         ExecError::Trap(_) => "trap",
+        ExecError::InvalidModel(_) => "invalid_model",
+        ExecError::UnsupportedOperator(_) => "unsupported_operator",
+        ExecError::InvalidTensor(_) => "invalid_tensor",
+        ExecError::TooLarge { .. } => "too_large",
         _ => "internal",
     };
     Outcome::Failed {
@@ -1519,6 +1400,18 @@ impl Work {
         )
         .await
         .map_err(|e| e.to_string())?;
+        match spec.runtime {
+            Runtime::Wasm => self.run_wasm(spec, module, input).await,
+            Runtime::Onnx { compare } => self.run_onnx(spec, module, input, compare).await,
+        }
+    }
+
+    async fn run_wasm(
+        &self,
+        spec: &JobSpec,
+        module: Vec<u8>,
+        input: Vec<u8>,
+    ) -> Result<Report, String> {
         let limits = ExecLimits {
             fuel: spec.limits.fuel,
             memory_bytes: spec.limits.memory_bytes,
@@ -1543,14 +1436,67 @@ impl Work {
                         exit_code: o.exit_code,
                         output_hash: Hash::of(&output),
                         fuel_used: o.fuel_used,
+                        compared: None,
                     },
                     output,
                     stderr,
                 ))
             }
-            Err(ExecError::Busy) => Err("the executor pool is full".into()),
-            Err(ExecError::Internal(e)) => Err(format!("sandbox failure: {e}")),
-            Err(e) => Ok((failure(&e), vec![], vec![])),
+            Err(e) => Self::exec_failure(e),
+        }
+    }
+
+    /// An ONNX job: the model's first output as `.npy`, and the hash of its canonical form under
+    /// the job's rule, which is what the replicas vote on.
+    async fn run_onnx(
+        &self,
+        spec: &JobSpec,
+        model: Vec<u8>,
+        input: Vec<u8>,
+        compare: Compare,
+    ) -> Result<Report, String> {
+        let limits = OnnxLimits::for_spec(spec, limits::MAX_OUTPUT_BYTES);
+        let out = match self.pool.run_onnx(OnnxJob::new(model, input, limits)).await {
+            Ok(o) => o.output,
+            Err(e) => return Self::exec_failure(e),
+        };
+        // A Byzantine worker returns a well-formed wrong answer of its own (see `perturb`),
+        // which only the vote can reject.
+        let byzantine = self.byzantine.then(|| {
+            let me = self.keypair.public().to_peer_id().to_bytes();
+            u64::from_le_bytes(Hash::of(&me).as_bytes()[..8].try_into().unwrap_or([0; 8]))
+        });
+        // Canonical forms read the whole output: off the async threads.
+        let judged = tokio::task::spawn_blocking(move || {
+            let output = match byzantine {
+                Some(salt) => perturb(&out, salt)?,
+                None => out,
+            };
+            let canonical = canonicalize(&output, &compare)?;
+            Ok::<_, ExecError>((output, Hash::of(&canonical)))
+        })
+        .await
+        .map_err(|e| format!("sandbox failure: {e}"))?;
+        match judged {
+            Ok((output, compared)) => Ok((
+                Outcome::Completed {
+                    exit_code: 0,
+                    output_hash: Hash::of(&output),
+                    fuel_used: 0,
+                    compared: Some(compared),
+                },
+                output,
+                vec![],
+            )),
+            Err(e) => Self::exec_failure(e),
+        }
+    }
+
+    fn exec_failure(e: ExecError) -> Result<Report, String> {
+        match e {
+            ExecError::Busy => Err("the executor pool is full".into()),
+            ExecError::Internal(e) => Err(format!("sandbox failure: {e}")),
+            e => Ok((failure(&e), vec![], vec![])),
         }
     }
 }

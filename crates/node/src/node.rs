@@ -5,12 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_chain::{ChainConfig, ChainHandle};
-use agora_exec::{Pool, Sandbox};
+use agora_exec::{OnnxEngine, OnnxLimits, Pool, Sandbox};
 use agora_ledger::{AccountId, BlockReceipt, Event, Ledger, TxKind};
+use agora_market::settlement::{Settings as SettlementSettings, Settlement};
 use agora_market::worker::{Settings as WorkerSettings, Worker};
 use agora_market::{JobRecord, Market, Offer};
 use agora_net::{Keypair, Multiaddr, NetHandle, PeerId, PeerInfo};
-use agora_types::job::{JobId, JobLimits, JobSpec, SignedJob, SpecError};
+use agora_types::job::{JobId, JobLimits, JobSpec, Runtime, SignedJob, SpecError};
 use agora_types::sign::Signed;
 use agora_types::wire::GossipMessage;
 use agora_types::{Hash, now_ms};
@@ -26,6 +27,14 @@ use crate::core::{Command, Core, MAX_TASKS, Persist, Tasks};
 use crate::identity::{self, IdentityError};
 use crate::ledger::{AccountView, LedgerApp, LedgerRef, LedgerStatus};
 use crate::store::{Store, StoreConfig, StoreError};
+
+/// Leases a worker holds per executor slot: one runs, the others wait in the pool's queue.
+/// Only leases after a bid of ours may queue; a fast-path lease (no bid) is taken only while an
+/// executor slot is free (`direct_slots`). A deeper book with fast-path leases queued raised
+/// sustained dispatch (302 jobs/s against 143, BENCHMARKS.md) but concentrated the work on the
+/// cheapest workers: in the market simulation some workers then never ran a job, and a saboteur
+/// among them was never caught. Kept at 4 until selection spreads queued load.
+pub const LEASES_PER_SLOT: usize = 4;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +110,12 @@ pub enum SubmitError {
     /// The module is not a WebAssembly WASI command the sandbox accepts.
     #[error("the module is not a runnable WebAssembly WASI command: {0}")]
     InvalidModule(String),
+    /// An ONNX job's model cannot run here, or its input tensor does not fit the model.
+    #[error(
+        "the ONNX job cannot run: {0}; fix the model, or the input (one .npy tensor of the \
+         model's input dtype and shape)"
+    )]
+    InvalidOnnx(String),
     /// A field of the spec is out of bounds.
     #[error(transparent)]
     Spec(#[from] SpecError),
@@ -194,6 +209,24 @@ pub struct SubmitRequest {
     /// [`agora_api_types::defaults::DEADLINE_SECS`]).
     #[serde(default)]
     pub deadline_secs: Option<u64>,
+    /// What runs it: WebAssembly (default) or an ONNX model with its comparison rule.
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// The capabilities a job asks for: the given ones or the default, with the runtime's tag added
+/// for an ONNX job (only workers with the ONNX runtime may bid on it).
+fn capabilities(given: Option<Vec<String>>, runtime: Runtime) -> Vec<String> {
+    let mut caps = match (given, runtime) {
+        (Some(c), _) => c,
+        (None, Runtime::Wasm) => agora_api_types::defaults::capabilities(),
+        (None, Runtime::Onnx { .. }) => Vec::new(),
+    };
+    let tag = runtime.capability();
+    if runtime != Runtime::Wasm && !caps.iter().any(|c| c == tag) {
+        caps.push(tag.to_string());
+    }
+    caps
 }
 
 /// What `GET /v1/status` shows.
@@ -222,6 +255,8 @@ pub(crate) struct Shared {
     pub registry: Mutex<Registry>,
     pub store: Store,
     pub sandbox: Sandbox,
+    /// The worker pool's ONNX engine (shared plan cache): the submitter checks models with it.
+    pub onnx: OnnxEngine,
     pub ledger: Option<LedgerRef>,
     pub chain: Option<ChainHandle>,
 }
@@ -345,7 +380,7 @@ impl NodeHandle {
                 memory_bytes: req.memory_bytes.unwrap_or(d::MEMORY_BYTES),
                 wall_time_ms: req.wall_time_ms.unwrap_or(d::WALL_TIME_MS),
             },
-            capabilities: req.capabilities.unwrap_or_else(d::capabilities),
+            capabilities: capabilities(req.capabilities, req.runtime),
             redundancy: req.redundancy.unwrap_or(d::REDUNDANCY),
             max_price: req.max_price.unwrap_or(d::MAX_PRICE),
             deadline_ms: now_ms()
@@ -356,6 +391,7 @@ impl NodeHandle {
                     * 1000,
             nonce: rand::random(),
             credit: false,
+            runtime: req.runtime,
         };
         spec.validate(&bounds)?;
         if let Some(ledger) = &self.shared.ledger {
@@ -380,16 +416,30 @@ impl NodeHandle {
                 }
             }
         }
-        // Refuse what is not WebAssembly (or not a WASI command) before anyone is asked to run it.
+        // Refuse what cannot run (not a WASI command; a model tract cannot run, or an input that
+        // does not fit it) before anyone is asked to run it.
         let sandbox = self.shared.sandbox.clone();
+        let onnx = self.shared.onnx.clone();
         let module = req.module;
+        let onnx_limits = OnnxLimits::for_spec(&spec, agora_types::wire::limits::MAX_OUTPUT_BYTES);
+        let runtime = spec.runtime;
         tokio::task::spawn_blocking(move || {
             let bytes = store
                 .get_blob(&module, bounds.max_module_bytes)?
                 .ok_or(SubmitError::ModuleMissing(module))?;
-            sandbox
-                .validate(&bytes)
-                .map_err(|e| SubmitError::InvalidModule(e.to_string()))
+            match runtime {
+                Runtime::Wasm => sandbox
+                    .validate(&bytes)
+                    .map_err(|e| SubmitError::InvalidModule(e.to_string())),
+                Runtime::Onnx { .. } => {
+                    let tensor = store
+                        .get_blob(&input, bounds.max_input_bytes)?
+                        .ok_or(SubmitError::InputMissing(input))?;
+                    onnx.check_input(&bytes, &tensor, &onnx_limits)
+                        .map(|_| ())
+                        .map_err(|e| SubmitError::InvalidOnnx(e.to_string()))
+                }
+            }
         })
         .await
         .map_err(|_| SubmitError::Stopped)??;
@@ -735,7 +785,12 @@ impl Node {
         let fd_limit = agora_net::raise_fd_limit();
         info!(?fd_limit, "open-file limit");
         let sandbox = Sandbox::new()?;
-        let pool = Pool::new(sandbox.clone(), config.executor_slots, 64);
+        // Every lease the worker accepts fits in the pool's queue (see `LEASES_PER_SLOT`).
+        let pool = Pool::new(
+            sandbox.clone(),
+            config.executor_slots,
+            (config.executor_slots * LEASES_PER_SLOT).max(64),
+        );
         let mut registry = Registry::default();
         let network = agora_net::spawn(keypair.clone(), config.net.clone(), &mut registry)?;
         let market_config = match config.preset {
@@ -751,7 +806,7 @@ impl Node {
             *market.reputation_mut() = book;
         }
         let offer = Offer {
-            capabilities: vec!["wasm".into()],
+            capabilities: vec!["wasm".into(), "onnx".into()],
             price: config.price,
             memory_bytes: 1 << 30,
             max_wall_time_ms: 10 * 60 * 1000,
@@ -785,6 +840,7 @@ impl Node {
             registry: Mutex::new(registry),
             store: store.clone(),
             sandbox,
+            onnx: pool.onnx().clone(),
             config,
             ledger: ledger.clone(),
             chain: chain.clone(),
@@ -799,8 +855,7 @@ impl Node {
             shared: shared.clone(),
             core: cmd_tx,
         };
-        // Accepted leases may wait in the pool's queue: up to four per slot.
-        let lease_capacity = shared.config.executor_slots * 4;
+        let lease_capacity = shared.config.executor_slots * LEASES_PER_SLOT;
         let mut worker_settings = WorkerSettings::new(offer, lease_capacity, &market_config);
         worker_settings.bounds = shared.config.spec_bounds();
         // A lease with no bid of ours starts at once or is answered `Busy` (see `direct_slots`).
@@ -811,6 +866,24 @@ impl Node {
             worker_settings.credit_hold_ms =
                 l.genesis.params.credit_settle_ms.saturating_add(120_000);
         }
+        // Without a ledger the settlement machine is never fed; an identity that is no Ed25519
+        // key has no account (the ledger refuses to start with one).
+        let account = ledger.as_ref().map_or_else(
+            || AccountId::from_peer_id(&peer_id).unwrap_or(AccountId([0; 32])),
+            |l| l.local,
+        );
+        let settlement = Settlement::new(
+            peer_id,
+            account,
+            SettlementSettings {
+                credit_per_worker: shared
+                    .config
+                    .ledger
+                    .as_ref()
+                    .map_or(0, |l| l.credit_per_worker),
+                ad_ttl_ms: market_config.ad_ttl_ms,
+            },
+        );
         let core = Core {
             shared,
             net: network.handle,
@@ -833,11 +906,10 @@ impl Node {
             ledger,
             blocks: block_rx,
             ledger_seen,
-            escrow_txs: HashMap::new(),
+            settlement,
             authorized,
             rewards: Default::default(),
             notices: Vec::new(),
-            credit_txs: HashMap::new(),
             waiters: HashMap::new(),
         };
         let core_task = tokio::spawn(core.run(restored));

@@ -846,6 +846,7 @@ mod tests {
             deadline_ms: 0,
             nonce: rand::random(),
             credit: false,
+            runtime: Default::default(),
         };
         let key = agora_net::Keypair::generate_ed25519();
         let signed = Signed::sign(&key, spec, 1).unwrap();
@@ -856,6 +857,7 @@ mod tests {
                 exit_code: 0,
                 output_hash: out,
                 fuel_used: 1,
+                compared: None,
             });
         }
         serde_json::to_vec(&rec).unwrap()

@@ -301,3 +301,169 @@ async fn failing_module_ends_failed_with_its_reason_and_outputs_hash_checked() {
     assert!(h.output(Hash::of(b"nope")).await.is_err());
     net.stop().await;
 }
+
+const ONNX_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/onnx");
+
+fn example(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{ONNX_DIR}/{name}")).unwrap()
+}
+
+/// Uploads `model` and `input` to `h` and submits them as an ONNX job compared by `compare`,
+/// with `tweak` applied to the request.
+async fn submit_onnx(
+    h: &NodeHandle,
+    model: Vec<u8>,
+    input: Vec<u8>,
+    compare: agora_exec::Compare,
+    tweak: impl FnOnce(&mut SubmitRequest),
+) -> Result<Hash, agora_node::SubmitError> {
+    let mut req = SubmitRequest {
+        module: h.put_blob(model).await.unwrap(),
+        input: Some(h.put_blob(input).await.unwrap()),
+        runtime: agora_types::job::Runtime::Onnx { compare },
+        ..Default::default()
+    };
+    tweak(&mut req);
+    h.submit(req).await
+}
+
+/// ONNX jobs through the market: each verified answer is what our engine gives locally (which
+/// `agora-exec`'s tests hold against onnxruntime's), a Byzantine worker's well-formed wrong
+/// answer is outvoted and never in a quorum, and bad models and tensors are refused at submission
+/// with what to fix, after which the node still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnx_jobs_verified_byzantine_outvoted_and_bad_inputs_refused() {
+    use agora_exec::{Compare, OnnxEngine, OnnxJob, OnnxLimits, canonicalize};
+    use agora_node::SubmitError;
+
+    let net = Net::start(5, 1).await;
+    let handles = net.handles();
+    let byzantine = handles[4].peer_id();
+    let h = handles[0].clone();
+    let engine = OnnxEngine::new();
+    let cases = [
+        ("mlp.onnx", "x16.npy", Compare::Argmax),
+        ("logreg.onnx", "x16.npy", Compare::TopK(3)),
+        ("mlp_label.onnx", "x16.npy", Compare::Exact),
+        ("mlp.onnx", "x1.npy", Compare::Round(2)),
+    ];
+    let mut ids = vec![];
+    for (model, input, compare) in cases {
+        let (m, x) = (example(model), example(input));
+        let local = engine
+            .run_blocking(&OnnxJob::new(m.clone(), x.clone(), OnnxLimits::default()))
+            .unwrap()
+            .output;
+        let id = submit_onnx(&h, m, x, compare, |r| r.redundancy = Some(3))
+            .await
+            .unwrap();
+        ids.push((id, compare, local));
+    }
+    for (id, compare, local) in ids {
+        let record = tokio::time::timeout(Duration::from_secs(300), h.wait_final(id))
+            .await
+            .expect("verdict within 300 s")
+            .expect("job known to its submitter");
+        assert_eq!(record.state, JobState::Verified, "{}", record.summary());
+        assert!(
+            !record.quorum.contains(&byzantine),
+            "a Byzantine worker is in the quorum"
+        );
+        let out = h.output(id).await.unwrap();
+        assert_eq!(
+            canonicalize(&out, &compare).unwrap(),
+            canonicalize(&local, &compare).unwrap(),
+            "the verified answer differs from a local run under {compare}"
+        );
+        let Some(Outcome::Completed {
+            compared: Some(c), ..
+        }) = &record.outcome
+        else {
+            panic!(
+                "an ONNX outcome carries its compared hash: {:?}",
+                record.outcome
+            );
+        };
+        assert_eq!(*c, Hash::of(&canonicalize(&out, &compare).unwrap()));
+    }
+
+    // Refused at submission, each with what was wrong.
+    let x1 = example("x1.npy");
+    let mlp = example("mlp.onnx");
+    let mut as_f64 = x1.clone();
+    // x1.npy is float32 [1, 64]: the same header with `<f8`, and twice the data.
+    let header_end = as_f64.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let mut header = as_f64[..header_end].to_vec();
+    let at = header
+        .windows(3)
+        .position(|w| w == b"<f4")
+        .expect("a float32 header");
+    header[at..at + 3].copy_from_slice(b"<f8");
+    let floats: Vec<u8> = as_f64[header_end..]
+        .chunks(4)
+        .flat_map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
+        .collect();
+    as_f64 = header;
+    as_f64.extend_from_slice(&floats);
+    /// What is wrong, the model, the input, the arguments, and a word the refusal must say.
+    type Bad<'a> = (&'a str, Vec<u8>, Vec<u8>, Vec<String>, &'a str);
+    let bad: [Bad<'_>; 5] = [
+        ("a float64 input", mlp.clone(), as_f64, vec![], "float32"),
+        (
+            "not a model",
+            b"not a model".to_vec(),
+            x1.clone(),
+            vec![],
+            "ONNX",
+        ),
+        (
+            "an unsupported operator",
+            example("scaler_logreg.onnx"),
+            x1.clone(),
+            vec![],
+            "Scaler",
+        ),
+        (
+            "not a tensor",
+            mlp.clone(),
+            b"1 2 3".to_vec(),
+            vec![],
+            ".npy",
+        ),
+        (
+            "arguments",
+            mlp.clone(),
+            x1.clone(),
+            vec!["-v".into()],
+            "args",
+        ),
+    ];
+    for (what, model, input, args, needle) in bad {
+        let e = submit_onnx(&h, model, input, Compare::Argmax, |r| r.args = args)
+            .await
+            .expect_err(what);
+        assert!(
+            matches!(e, SubmitError::InvalidOnnx(_) | SubmitError::Spec(_)),
+            "{what}: {e:?}"
+        );
+        assert!(e.to_string().contains(needle), "{what}: {e}");
+    }
+    // Too big for its own limits: 297 rows within 64 KiB of live tensors.
+    let x_test = example("x_test.npy");
+    let e = submit_onnx(&h, mlp.clone(), x_test, Compare::Argmax, |r| {
+        r.memory_bytes = Some(65_536)
+    })
+    .await
+    .expect_err("over its memory limit");
+    assert!(e.to_string().contains("memory"), "{e}");
+    // Still serving.
+    let id = submit_onnx(&h, mlp, x1, Compare::Argmax, |r| r.redundancy = Some(2))
+        .await
+        .unwrap();
+    let record = tokio::time::timeout(Duration::from_secs(300), h.wait_final(id))
+        .await
+        .expect("verdict within 300 s")
+        .expect("job known");
+    assert_eq!(record.state, JobState::Verified, "{}", record.summary());
+    net.stop().await;
+}

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::compare::{Compare, MAX_ROUND_DIGITS};
 use crate::sign::{Domain, Signed};
 use crate::{Hash, PeerId, UnixMillis};
 
@@ -70,14 +71,56 @@ impl Default for SpecBounds {
     }
 }
 
+/// What runs a job, and so what `module` and `input` are.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// A WebAssembly WASI command: `module` is the `.wasm`, `input` its stdin, the output its
+    /// stdout. Deterministic, so replicas compare outputs bit for bit.
+    #[default]
+    Wasm,
+    /// An ONNX model: `module` is the `.onnx`, `input` one tensor as `.npy`, the output the
+    /// model's first output as `.npy`. CPU kernels differ across machines, so replicas compare
+    /// their outputs through `compare`.
+    Onnx {
+        /// How the replicas' outputs are compared.
+        compare: Compare,
+    },
+}
+
+impl Runtime {
+    /// The capability tag a worker must advertise to run this runtime.
+    pub fn capability(&self) -> &'static str {
+        match self {
+            Runtime::Wasm => "wasm",
+            Runtime::Onnx { .. } => "onnx",
+        }
+    }
+
+    /// The comparison rule of the replicas: `exact` for WebAssembly.
+    pub fn compare(&self) -> Compare {
+        match self {
+            Runtime::Wasm => Compare::Exact,
+            Runtime::Onnx { compare } => *compare,
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.capability())
+    }
+}
+
 /// What a submitter asks the network to run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct JobSpec {
-    /// The WebAssembly module (a WASI command), by hash.
+    /// The program, by hash: a WebAssembly module (a WASI command) or an ONNX model, as
+    /// [`JobSpec::runtime`] says.
     pub module: Hash,
     /// The module's size in bytes, so workers can refuse before fetching.
     pub module_size: u64,
-    /// The bytes given on stdin, by hash.
+    /// The input, by hash: stdin of a WebAssembly module, or a `.npy` tensor for a model.
     pub input: Hash,
     /// The input's size in bytes.
     pub input_size: u64,
@@ -100,6 +143,9 @@ pub struct JobSpec {
     /// workers holding a line from the submitter take it.
     #[serde(default)]
     pub credit: bool,
+    /// What runs it (WebAssembly unless said otherwise).
+    #[serde(default)]
+    pub runtime: Runtime,
 }
 
 impl Domain for JobSpec {
@@ -180,6 +226,22 @@ impl JobSpec {
                 format!("1..={}", bounds.max_redundancy),
             ));
         }
+        if let Runtime::Onnx { .. } = self.runtime {
+            if !self.args.is_empty() {
+                return Err(field_err(
+                    "args",
+                    format!("{} arguments", self.args.len()),
+                    "none: an ONNX job's only input is its .npy tensor",
+                ));
+            }
+            if !self.capabilities.iter().any(|c| c == "onnx") {
+                return Err(field_err(
+                    "capabilities",
+                    format!("{:?}", self.capabilities),
+                    "a list with `onnx` in it, so that only workers with the ONNX runtime bid",
+                ));
+            }
+        }
         let l = &self.limits;
         if l.fuel == 0 {
             return Err(field_err("limits.fuel", l.fuel, "more than 0"));
@@ -252,6 +314,11 @@ pub enum Outcome {
         output_hash: Hash,
         /// Fuel consumed.
         fuel_used: u64,
+        /// For a job compared by a rule ([`Runtime::Onnx`]): blake3 of the output's canonical
+        /// form under the job's [`Compare`] rule, which replicas compare instead of
+        /// `output_hash`. `None` for WebAssembly: the output itself is compared.
+        #[serde(default)]
+        compared: Option<Hash>,
     },
     /// The module broke a limit or trapped. `kind` is a short stable tag (`fuel`, `memory`,
     /// `wall_time`, `output`, `trap`, `invalid_module`); `detail` is for people.
@@ -272,12 +339,13 @@ impl Outcome {
             Outcome::Completed {
                 exit_code,
                 output_hash,
+                compared,
                 ..
             } => {
                 let mut b = Vec::with_capacity(40);
                 b.extend_from_slice(b"ok");
                 b.extend_from_slice(&exit_code.to_be_bytes());
-                b.extend_from_slice(output_hash.as_bytes());
+                b.extend_from_slice(compared.as_ref().unwrap_or(output_hash).as_bytes());
                 Hash::of(&b)
             }
             Outcome::Failed { kind, .. } => {
@@ -487,6 +555,7 @@ mod tests {
             deadline_ms: 0,
             nonce: 1,
             credit: false,
+            runtime: Default::default(),
         }
     }
 
@@ -524,16 +593,19 @@ mod tests {
             exit_code: 0,
             output_hash: Hash::of(b"x"),
             fuel_used: 1,
+            compared: None,
         };
         let b = Outcome::Completed {
             exit_code: 0,
             output_hash: Hash::of(b"x"),
             fuel_used: 2,
+            compared: None,
         };
         let c = Outcome::Completed {
             exit_code: 0,
             output_hash: Hash::of(b"y"),
             fuel_used: 1,
+            compared: None,
         };
         assert_eq!(a.verdict(), b.verdict());
         assert_ne!(a.verdict(), c.verdict());
@@ -558,8 +630,72 @@ mod tests {
             exit_code: 7,
             output_hash: Hash::of(b""),
             fuel_used: 1,
+            compared: None,
         };
         assert!(ok.is_vote());
         assert_eq!(ok.exit_code(), Some(7));
+    }
+
+    #[test]
+    fn onnx_specs_name_their_rule_take_no_args_and_ask_for_the_runtime() {
+        let b = SpecBounds::default();
+        let mut s = spec();
+        assert_eq!(
+            s.runtime,
+            Runtime::Wasm,
+            "WebAssembly unless said otherwise"
+        );
+        s.runtime = Runtime::Onnx {
+            compare: Compare::TopK(3),
+        };
+        let e = s.validate(&b).unwrap_err().to_string();
+        assert!(e.contains("capabilities") && e.contains("onnx"), "{e}");
+        s.capabilities = vec!["onnx".into()];
+        s.validate(&b).unwrap();
+        s.args = vec!["x".into()];
+        let e = s.validate(&b).unwrap_err().to_string();
+        assert!(e.contains("args") && e.contains(".npy"), "{e}");
+        s.args.clear();
+        // The rule is part of what is signed, on every wire and in JSON.
+        let bytes = crate::codec::encode(&s).unwrap();
+        let back: JobSpec = crate::codec::decode(&bytes, 1 << 20).unwrap();
+        assert_eq!(back, s);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["runtime"],
+            serde_json::json!({"onnx": {"compare": "topk:3"}})
+        );
+        // A record written before the runtime field reads as WebAssembly.
+        let mut old = serde_json::to_value(spec()).unwrap();
+        old.as_object_mut().unwrap().remove("runtime");
+        assert_eq!(
+            serde_json::from_value::<JobSpec>(old).unwrap().runtime,
+            Runtime::Wasm
+        );
+        assert_eq!(s.runtime.capability(), "onnx");
+        assert_eq!(s.runtime.compare(), Compare::TopK(3));
+        assert_eq!(Runtime::Wasm.compare(), Compare::Exact);
+    }
+
+    #[test]
+    fn replicas_compared_by_a_rule_vote_on_the_compared_hash() {
+        let done = |raw: &[u8], compared: Option<&[u8]>| Outcome::Completed {
+            exit_code: 0,
+            output_hash: Hash::of(raw),
+            fuel_used: 0,
+            compared: compared.map(Hash::of),
+        };
+        // Two honest ONNX replicas whose floats differ in the last bits agree on the class.
+        assert_eq!(
+            done(b"probs a", Some(b"class 3")).verdict(),
+            done(b"probs b", Some(b"class 3")).verdict()
+        );
+        assert_ne!(
+            done(b"probs a", Some(b"class 3")).verdict(),
+            done(b"probs a", Some(b"class 4")).verdict()
+        );
+        // Without a rule the output itself is compared.
+        assert_ne!(done(b"a", None).verdict(), done(b"b", None).verdict());
+        assert_eq!(done(b"a", None).verdict(), done(b"a", None).verdict());
     }
 }

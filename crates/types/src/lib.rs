@@ -18,12 +18,14 @@
 //! - [`hash`]: blake3 content hashes, shown as hex.
 //! - [`codec`]: the bounded binary codec used on every wire.
 //! - [`sign`]: signed envelopes over Ed25519 identities.
+//! - [`compare`]: how replicas of a job are compared when outputs are not bit-identical (ONNX).
 //! - [`job`]: job specs and the market's messages (bid, lease, result, capability ad, reputation).
 //! - [`ledger`]: accounts, signed ledger transactions, slashing evidence and blocks.
 //! - [`wire`]: gossip topics and the direct request/response protocol.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod codec;
+pub mod compare;
 pub mod hash;
 pub mod job;
 pub mod ledger;

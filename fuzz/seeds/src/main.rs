@@ -60,6 +60,8 @@ fn spec(nonce: u64) -> JobSpec {
         max_price: 10,
         deadline_ms: T + 60_000,
         nonce,
+        credit: false,
+        runtime: Default::default(),
     }
 }
 
@@ -72,6 +74,7 @@ fn result(i: usize, job: Hash, output: &[u8], price: u64) -> Signed<WorkResult> 
                 exit_code: 0,
                 output_hash: Hash::of(output),
                 fuel_used: 1234,
+                compared: None,
             },
             price,
         },

@@ -17,7 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Sequence
 
 import pytest
 
@@ -117,17 +117,31 @@ def _stop(proc: "subprocess.Popen[bytes]") -> None:
         pass
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    """5 honest nodes with their ledger (module scope: one devnet runs at a time)."""
+    yield from _devnet(tmp_path_factory, "devnet", NODES)
+
+
+@pytest.fixture(scope="module")
+def byzantine_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    """8 nodes with their ledger, the last 2 Byzantine: they bid normally and return corrupted
+    outputs, each its own (``agora node --byzantine``). ``apis`` lists the honest ones first."""
+    yield from _devnet(tmp_path_factory, "byzantine", 8, ["--byzantine=2"])
+
+
+def _devnet(
+    tmp_path_factory: pytest.TempPathFactory, name: str, nodes: int, extra: Sequence[str] = ()
+) -> Iterator[Devnet]:
     exe = _binary()
-    root = tmp_path_factory.mktemp("devnet")
+    root = tmp_path_factory.mktemp(name)
     base, xdg = root / "nodes", root / "xdg"
     xdg.mkdir()
     log = root / "devnet.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
     env["XDG_DATA_HOME"] = str(xdg)
     env.setdefault("RUST_LOG", "info")
-    cmd = [str(exe), "devnet", f"--nodes={NODES}", "--duration=3600", f"--data-dir={base}"]
+    cmd = [str(exe), "devnet", f"--nodes={nodes}", "--duration=3600", f"--data-dir={base}", *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -140,25 +154,25 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         for k in ("AGORA_API_TOKEN", "AGORA_DATA_DIR", "AGORA_API"):
             mp.delenv(k, raising=False)
         mp.setenv("XDG_DATA_HOME", str(xdg))
-        _wait_ready(net)
+        _wait_ready(net, nodes)
         yield net
     finally:
         mp.undo()
         _stop(proc)
 
 
-def _wait_ready(net: Devnet) -> None:
+def _wait_ready(net: Devnet, nodes: int) -> None:
     """Every node's API answers and node 0 sees all the others."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         if net.proc.poll() is not None:
             pytest.fail(f"agora devnet exited ({net.proc.returncode}):\n{net.log_tail()}",
                         pytrace=False)
-        apis = [_api_of(net.base / f"node-{i}") for i in range(NODES)]
+        apis = [_api_of(net.base / f"node-{i}") for i in range(nodes)]
         if all(apis):
             net.apis = apis
             try:
-                if net.client(0, timeout=10).status().connected_peers >= NODES - 1:
+                if net.client(0, timeout=10).status().connected_peers >= nodes - 1:
                     return
             except AgoraError:
                 pass

@@ -1,10 +1,11 @@
 //! How replicas of an inference job are compared: a rule that maps an output tensor to
 //! canonical bytes, whose hash the replicas compare.
 
-use std::fmt::{self, Write as _};
-use std::str::FromStr;
+use std::fmt::Write as _;
 
 use tract_onnx::prelude::{Datum, Tensor};
+
+pub use agora_types::job::{Compare, MAX_ROUND_DIGITS};
 
 use super::npy::{self, Dtype};
 use crate::ExecError;
@@ -12,107 +13,6 @@ use crate::ExecError;
 /// Largest output [`canonicalize`] reads, in elements (256 Mi; the bytes were bounded by the
 /// job's output limit already, this only bounds the work).
 const MAX_CANONICAL_ELEMENTS: u64 = 1 << 28;
-
-/// How the outputs of replicas are compared: each replica's output `.npy` goes through
-/// [`canonicalize`] and the verdict compares the hashes of the results.
-///
-/// CPU inference is not bit-identical across machines: kernels differ by instruction set
-/// (summation order, FMA or not), so honest replicas' floats may differ in their last bits.
-/// `Exact` compares bytes; the other rules forgive such differences but not a different model
-/// or a tampered output.
-///
-/// Written (CLI, job spec, serde) as `exact`, `round:N`, `argmax` or `topk:K`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Compare {
-    /// Bit for bit: the output bytes themselves.
-    Exact,
-    /// Every float rounded to this many significant decimal digits (1..=9); integer and bool
-    /// outputs are compared exactly.
-    Round(u8),
-    /// The index of the largest value along the last axis (ties: the lower index), per row:
-    /// the predicted class of a classifier.
-    Argmax,
-    /// The indices of the K largest values along the last axis, largest first (ties: the lower
-    /// index), per row.
-    TopK(u8),
-}
-
-impl Default for Compare {
-    /// `argmax`, from measurements (the `two_kernel_paths` test): the example models' softmax
-    /// outputs through tract's two kernel paths differ by a relative ~2e-6 on every element,
-    /// and two honest outputs disagree under `round:N` whenever one element straddles a
-    /// rounding boundary, about `elements x 2e-6 x 10^N / 3` of the time. Over 3,000
-    /// single-row inputs, round:4 split about 3% of the rows, round:3 0.3%, round:2 0.07%:
-    /// no number of digits is safe, while argmax (and topk) split none. It still rejects a
-    /// swapped top class and a different model; a model whose output has a single value per
-    /// row is refused under argmax (there is nothing to rank), so the default never passes a
-    /// regression unchecked: such jobs name `round:N`.
-    fn default() -> Self {
-        Compare::Argmax
-    }
-}
-
-/// The largest `N` of [`Compare::Round`]: float32 holds about 7.2 significant digits, float64
-/// about 16, and beyond 9 no two honest kernels would agree anyway.
-pub const MAX_ROUND_DIGITS: u8 = 9;
-
-impl fmt::Display for Compare {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Compare::Exact => f.write_str("exact"),
-            Compare::Round(n) => write!(f, "round:{n}"),
-            Compare::Argmax => f.write_str("argmax"),
-            Compare::TopK(k) => write!(f, "topk:{k}"),
-        }
-    }
-}
-
-impl FromStr for Compare {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        const FORMS: &str =
-            "exact, round:N (N = 1..=9 significant digits), argmax, topk:K (K = 1..=255)";
-        let s = s.trim();
-        let number = |arg: &str, lo: u8, hi: u8, what: &str| -> Result<u8, String> {
-            match arg.parse::<u8>() {
-                Ok(n) if (lo..=hi).contains(&n) => Ok(n),
-                _ => Err(format!(
-                    "`{s}`: {what} must be a whole number from {lo} to {hi}; the rules are: {FORMS}"
-                )),
-            }
-        };
-        match s.split_once(':') {
-            None if s.eq_ignore_ascii_case("exact") => Ok(Compare::Exact),
-            None if s.eq_ignore_ascii_case("argmax") => Ok(Compare::Argmax),
-            Some((rule, arg)) if rule.eq_ignore_ascii_case("round") => Ok(Compare::Round(number(
-                arg,
-                1,
-                MAX_ROUND_DIGITS,
-                "the significant digits",
-            )?)),
-            Some((rule, arg)) if rule.eq_ignore_ascii_case("topk") => {
-                Ok(Compare::TopK(number(arg, 1, u8::MAX, "K")?))
-            }
-            _ => Err(format!(
-                "unknown comparison rule `{s}`; the rules are: {FORMS}"
-            )),
-        }
-    }
-}
-
-impl serde::Serialize for Compare {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Compare {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// The canonical bytes of an output `.npy` under `rule`: replicas agree when these are equal.
 ///
@@ -312,4 +212,43 @@ fn top<T: Rank>(data: &[T], row_len: usize, k: usize) -> Vec<i64> {
         out.extend(order[..k].iter().map(|&i| i as i64));
     }
     out
+}
+
+/// A wrong answer of the same dtype as `output_npy`, for the tests' Byzantine workers: every
+/// float negated (the top class becomes the bottom one) or every integer plus one, and then
+/// `1 + salt % 4096` extra rows along the first axis, so that two Byzantine workers with
+/// different salts return different wrong answers under every rule (independent faults, not a
+/// cartel: see ARCHITECTURE.md on collusion). Dtypes other than float32/64 and int32/64, and
+/// scalars, come back re-encoded with only the values changed where they can be. It passes every
+/// check a submitter makes of a result's form, so only the vote can reject it.
+pub fn perturb(output_npy: &[u8], salt: u64) -> Result<Vec<u8>, ExecError> {
+    let tensor = npy::decode(output_npy, MAX_CANONICAL_ELEMENTS)?;
+    let extra = 1 + (salt % 4096) as usize;
+    match Dtype::from_tract(tensor.datum_type()) {
+        Some(Dtype::F32) => wrong::<f32>(&tensor, extra, |x| -x),
+        Some(Dtype::F64) => wrong::<f64>(&tensor, extra, |x| -x),
+        Some(Dtype::I64) => wrong::<i64>(&tensor, extra, |x| x.wrapping_add(1)),
+        Some(Dtype::I32) => wrong::<i32>(&tensor, extra, |x| x.wrapping_add(1)),
+        _ => Ok(npy::encode(&tensor)?.1),
+    }
+}
+
+/// `t` with `f` applied to every value and its first row repeated `extra` more times.
+fn wrong<T>(t: &Tensor, extra: usize, f: impl Fn(T) -> T) -> Result<Vec<u8>, ExecError>
+where
+    T: Datum + Copy + npyz::Serialize + npyz::AutoSerialize,
+{
+    let mut v: Vec<T> = slice::<T>(t)?.iter().map(|&x| f(x)).collect();
+    let mut shape = t.shape().to_vec();
+    if let Some(first) = shape.first_mut()
+        && *first > 0
+    {
+        let row = v.len() / *first;
+        let copy = v[..row].to_vec();
+        for _ in 0..extra {
+            v.extend_from_slice(&copy);
+        }
+        *first += extra;
+    }
+    npy::encode_slice(&shape, &v)
 }

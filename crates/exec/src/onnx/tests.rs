@@ -834,3 +834,39 @@ fn profile_parts() {
         std::hint::black_box(canonicalize(&out.output, &Compare::Argmax).unwrap());
     });
 }
+
+/// The Byzantine test worker's answer: well-formed, wrong under every rule, and different for
+/// different salts (independent faults), for float probabilities and int64 labels alike.
+#[test]
+fn perturbed_outputs_are_well_formed_wrong_and_distinct() {
+    let engine = OnnxEngine::new();
+    for model in ["mlp.onnx", "mlp_label.onnx"] {
+        let honest = engine
+            .run_blocking(&job(&example(model), example("x16.npy")))
+            .unwrap()
+            .output;
+        let a = crate::perturb(&honest, 1).unwrap();
+        let b = crate::perturb(&honest, 2).unwrap();
+        assert_eq!(a, crate::perturb(&honest, 1).unwrap(), "deterministic");
+        let rules: &[Compare] = if model == "mlp.onnx" {
+            &[
+                Compare::Exact,
+                Compare::Round(3),
+                Compare::Argmax,
+                Compare::TopK(3),
+            ]
+        } else {
+            &[Compare::Exact, Compare::Round(3)]
+        };
+        for rule in rules {
+            let h = canonicalize(&honest, rule).unwrap();
+            let (ca, cb) = (
+                canonicalize(&a, rule).unwrap(),
+                canonicalize(&b, rule).unwrap(),
+            );
+            assert_ne!(ca, h, "{model} {rule}: a perturbed output passes as honest");
+            assert_ne!(ca, cb, "{model} {rule}: two salts agree");
+        }
+    }
+    assert!(crate::perturb(b"junk", 1).is_err());
+}

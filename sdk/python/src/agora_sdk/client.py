@@ -263,8 +263,15 @@ class Client:
         deadline_secs: Optional[int] = None,
         module_hash: Optional[str] = None,
         input_hash: Optional[str] = None,
+        runtime: Optional[str] = None,
+        verify: Optional[str] = None,
     ) -> str:
         """Uploads a module and its input and submits the job; returns the job id.
+
+        With ``runtime="onnx"``, ``module`` is an ONNX model and ``input`` one tensor as
+        ``.npy`` bytes (``numpy.save``); the output is the model's first output as ``.npy``,
+        and ``verify`` says how replicas are compared: ``argmax`` (default), ``topk:K``,
+        ``round:N`` or ``exact``. See :meth:`infer`.
 
         ``module`` is a WebAssembly WASI command, as bytes or a file path (or give the hash
         of one uploaded before as ``module_hash``). ``input`` is its stdin: bytes, a
@@ -277,9 +284,10 @@ class Client:
             raise AgoraError(None, "give exactly one of module= (bytes or a path) and module_hash=")
         if input is not None and input_hash is not None:
             raise AgoraError(None, "give at most one of input= and input_hash=")
+        onnx = runtime == "onnx"
         if module is not None:
             code = _as_bytes(module, "module")
-            if not code.startswith(b"\0asm"):
+            if not onnx and not code.startswith(b"\0asm"):
                 where = "" if isinstance(module, (bytes, bytearray, memoryview)) else (
                     f" {os.fspath(module)}"
                 )
@@ -302,8 +310,13 @@ class Client:
             "wall_time_ms": wall_time_ms,
             "capabilities": list(capabilities) if capabilities is not None else None,
             "deadline_secs": deadline_secs,
+            "runtime": runtime,
+            "verify": verify,
         }
         spec.update({k: v for k, v in optional.items() if v is not None})
+        if onnx:
+            # An ONNX job takes no arguments: its only input is the tensor.
+            spec.pop("args", None)
         answer = self._post("/v1/jobs", spec)
         job_id = answer.get("id") if isinstance(answer, dict) else None
         if not isinstance(job_id, str) or not job_id:
@@ -419,6 +432,28 @@ class Client:
                 f"job {job_id} is verified but its program exited {st.exit_code}"
                 + (f": {err}" if err else ""),
             )
+        return self.output(job_id)
+
+    def infer(
+        self,
+        model: BytesOrPath,
+        input_npy: BytesOrPath,
+        verify: Optional[str] = None,
+        timeout: Optional[float] = 600.0,
+        **spec: Any,
+    ) -> bytes:
+        """Runs an ONNX model on one input tensor (``.npy`` bytes or a path) across the
+        network, verified by ``verify`` (default ``argmax``), and returns the agreed output
+        as ``.npy`` bytes (``numpy.load(io.BytesIO(out))``). Raises if the job failed."""
+        tensor = _as_bytes(input_npy, "input tensor")
+        if not tensor.startswith(b"\x93NUMPY"):
+            raise AgoraError(
+                None, "the input is not a .npy tensor; write it with numpy.save (or np.save to a BytesIO)"
+            )
+        job_id = self.submit(model, tensor, runtime="onnx", verify=verify, **spec)
+        st = self.wait(job_id, timeout=timeout)
+        if not st.verified:
+            raise AgoraError(None, f"job {job_id} {st.state}: {st.reason or 'no reason given'}")
         return self.output(job_id)
 
     def cancel(self, job_id: str) -> None:
