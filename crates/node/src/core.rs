@@ -20,31 +20,28 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_exec::{
-    Compare, ExecError, Limits as ExecLimits, OnnxJob, OnnxLimits, Pool, canonicalize, perturb,
-};
+use agora_exec::{Pool, canonicalize};
 use agora_ledger::Event;
 use agora_market::settlement::{self, Settlement};
 use agora_market::worker::{self, Beat, Standing, Timer, Worker};
 use agora_market::{Input, JobRecord, Market, Output};
 use agora_net::{NetEvent, NetHandle, PeerId, PeerInfo};
 use agora_types::job::{
-    Health, Heartbeat, JobId, JobSpec, Lease, MAX_NOTICES, MAX_STDERR_BYTES, Outcome,
-    ReputationUpdate, ResultNotice, ResultNotices, Runtime, SignedJob, WorkResult, job_id,
+    Health, Heartbeat, JobId, Lease, MAX_NOTICES, MAX_STDERR_BYTES, Outcome, ReputationUpdate,
+    ResultNotice, ResultNotices, Runtime, SignedJob, WorkResult, job_id,
 };
 use agora_types::ledger::{AccountId, TxKind};
 use agora_types::sign::{Domain, Signed};
 use agora_types::wire::{GossipMessage, Request, Response, limits};
-use agora_types::{Hash, Keypair, UnixMillis, now_ms};
+use agora_types::{Hash, UnixMillis, now_ms};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use crate::blobs;
 use crate::ledger::LedgerRef;
 use crate::node::Shared;
-use crate::store::Store;
+use crate::work::{Report, Work, WorkGuard};
 
 /// Commands from [`NodeHandle`](crate::NodeHandle)s.
 pub(crate) enum Command {
@@ -1302,202 +1299,6 @@ fn finished(job_id: JobId, rec: Option<&JobRecord>) -> settlement::Finished {
         credit: rec
             .filter(|r| r.job.payload.credit)
             .map(|r| Box::new(r.job.clone())),
-    }
-}
-
-/// One execution on this node as a worker.
-struct Work {
-    net: NetHandle,
-    store: Store,
-    pool: Pool,
-    keypair: Keypair,
-    byzantine: bool,
-}
-
-/// Reports a work task's end to the core, however it ends: if the task is aborted or panics
-/// before it reported, its drop tells the core the work was given up, so the lease-book slot is
-/// freed (and if even that message cannot be queued, the lease's expiry timer frees it).
-struct WorkGuard {
-    job_id: JobId,
-    token: u64,
-    tx: mpsc::Sender<Internal>,
-    reported: bool,
-}
-
-impl WorkGuard {
-    async fn report(mut self, result: Result<Report, String>) {
-        let ended = Internal::WorkEnded {
-            job_id: self.job_id,
-            token: self.token,
-            result,
-        };
-        self.reported = self.tx.send(ended).await.is_ok();
-    }
-}
-
-impl Drop for WorkGuard {
-    fn drop(&mut self) {
-        if !self.reported {
-            let _ = self.tx.try_send(Internal::WorkEnded {
-                job_id: self.job_id,
-                token: self.token,
-                result: Err("the work ended without a report".into()),
-            });
-        }
-    }
-}
-
-/// What a worker reports: the outcome, stdout, and the first bytes of stderr.
-pub(crate) type Report = (Outcome, Vec<u8>, Vec<u8>);
-
-fn failure(e: &ExecError) -> Outcome {
-    let kind = match e {
-        ExecError::FuelExhausted => "fuel",
-        ExecError::MemoryLimit { .. } => "memory",
-        ExecError::WallTime(_) => "wall_time",
-        ExecError::CompileTime(_) => "compile_time",
-        ExecError::OutputTooLarge { .. } => "output",
-        ExecError::InvalidModule(_) => "invalid_module",
-        ExecError::Trap(_) => "trap",
-        ExecError::InvalidModel(_) => "invalid_model",
-        ExecError::UnsupportedOperator(_) => "unsupported_operator",
-        ExecError::InvalidTensor(_) => "invalid_tensor",
-        ExecError::TooLarge { .. } => "too_large",
-        _ => "internal",
-    };
-    Outcome::Failed {
-        kind: kind.into(),
-        detail: e.to_string(),
-    }
-}
-
-impl Work {
-    /// Fetches, runs, and reports through `guard`. Heartbeats are the worker machine's timers,
-    /// sent by the core meanwhile: fetching, waiting for a slot, compiling and running all count
-    /// as progress, so a slow but alive worker keeps its lease.
-    async fn run(self, submitter: PeerId, lease: Box<Lease>, guard: WorkGuard) {
-        let result = self.execute(submitter, &lease).await;
-        guard.report(result).await;
-    }
-
-    async fn execute(&self, submitter: PeerId, lease: &Lease) -> Result<Report, String> {
-        let spec = &lease.job.payload;
-        let module = blobs::fetch(
-            &self.net,
-            &self.store,
-            submitter,
-            spec.module,
-            spec.module_size,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let input = blobs::fetch(
-            &self.net,
-            &self.store,
-            submitter,
-            spec.input,
-            spec.input_size,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        match spec.runtime {
-            Runtime::Wasm => self.run_wasm(spec, module, input).await,
-            Runtime::Onnx { compare } => self.run_onnx(spec, module, input, compare).await,
-        }
-    }
-
-    async fn run_wasm(
-        &self,
-        spec: &JobSpec,
-        module: Vec<u8>,
-        input: Vec<u8>,
-    ) -> Result<Report, String> {
-        let limits = ExecLimits {
-            fuel: spec.limits.fuel,
-            memory_bytes: spec.limits.memory_bytes,
-            wall_time: Duration::from_millis(spec.limits.wall_time_ms),
-            max_output_bytes: limits::MAX_OUTPUT_BYTES,
-            compile_time: agora_exec::DEFAULT_COMPILE_TIME,
-        };
-        let job = agora_exec::Job::new(module, input, spec.args.clone(), limits);
-        match self.pool.run(job).await {
-            Ok(o) => {
-                let mut stderr = o.stderr;
-                stderr.truncate(MAX_STDERR_BYTES);
-                let mut output = o.stdout;
-                if self.byzantine {
-                    // Each Byzantine worker corrupts differently: independent faults, not a
-                    // colluding cartel (see ARCHITECTURE.md on collusion).
-                    let me = self.keypair.public().to_peer_id();
-                    output.extend_from_slice(format!("\ncorrupted by {me}").as_bytes());
-                }
-                Ok((
-                    Outcome::Completed {
-                        exit_code: o.exit_code,
-                        output_hash: Hash::of(&output),
-                        fuel_used: o.fuel_used,
-                        compared: None,
-                    },
-                    output,
-                    stderr,
-                ))
-            }
-            Err(e) => Self::exec_failure(e),
-        }
-    }
-
-    /// An ONNX job: the model's first output as `.npy`, and the hash of its canonical form under
-    /// the job's rule, which is what the replicas vote on.
-    async fn run_onnx(
-        &self,
-        spec: &JobSpec,
-        model: Vec<u8>,
-        input: Vec<u8>,
-        compare: Compare,
-    ) -> Result<Report, String> {
-        let limits = OnnxLimits::for_spec(spec, limits::MAX_OUTPUT_BYTES);
-        let out = match self.pool.run_onnx(OnnxJob::new(model, input, limits)).await {
-            Ok(o) => o.output,
-            Err(e) => return Self::exec_failure(e),
-        };
-        // A Byzantine worker returns a well-formed wrong answer of its own (see `perturb`),
-        // which only the vote can reject.
-        let byzantine = self.byzantine.then(|| {
-            let me = self.keypair.public().to_peer_id().to_bytes();
-            u64::from_le_bytes(Hash::of(&me).as_bytes()[..8].try_into().unwrap_or([0; 8]))
-        });
-        // Canonical forms read the whole output: off the async threads.
-        let judged = tokio::task::spawn_blocking(move || {
-            let output = match byzantine {
-                Some(salt) => perturb(&out, salt)?,
-                None => out,
-            };
-            let canonical = canonicalize(&output, &compare)?;
-            Ok::<_, ExecError>((output, Hash::of(&canonical)))
-        })
-        .await
-        .map_err(|e| format!("sandbox failure: {e}"))?;
-        match judged {
-            Ok((output, compared)) => Ok((
-                Outcome::Completed {
-                    exit_code: 0,
-                    output_hash: Hash::of(&output),
-                    fuel_used: 0,
-                    compared: Some(compared),
-                },
-                output,
-                vec![],
-            )),
-            Err(e) => Self::exec_failure(e),
-        }
-    }
-
-    fn exec_failure(e: ExecError) -> Result<Report, String> {
-        match e {
-            ExecError::Busy => Err("the executor pool is full".into()),
-            ExecError::Internal(e) => Err(format!("sandbox failure: {e}")),
-            e => Ok((failure(&e), vec![], vec![])),
-        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod identity;
 pub mod ledger;
 mod node;
 pub mod store;
+mod work;
 
 pub use agora_market::{FailReason, JobRecord, JobState, WaitReason};
 pub use config::{ConfigError, FileConfig, LedgerConfig, LogFormat, NodeConfig, Preset};
