@@ -20,20 +20,20 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_exec::{Pool, canonicalize};
+use agora_exec::Pool;
 use agora_ledger::Event;
 use agora_market::settlement::{self, Settlement};
 use agora_market::worker::{self, Beat, Standing, Timer, Worker};
 use agora_market::{Input, JobRecord, Market, Output};
 use agora_net::{NetEvent, NetHandle, PeerId, PeerInfo};
 use agora_types::job::{
-    Health, Heartbeat, JobId, Lease, MAX_NOTICES, MAX_STDERR_BYTES, Outcome, ReputationUpdate,
-    ResultNotice, ResultNotices, Runtime, SignedJob, WorkResult, job_id,
+    Health, Heartbeat, JobId, Lease, MAX_NOTICES, MAX_STDERR_BYTES, ReputationUpdate, ResultNotice,
+    ResultNotices, SignedJob, WorkResult, job_id,
 };
 use agora_types::ledger::{AccountId, TxKind};
 use agora_types::sign::{Domain, Signed};
 use agora_types::wire::{GossipMessage, Request, Response, limits};
-use agora_types::{Hash, UnixMillis, now_ms};
+use agora_types::{UnixMillis, now_ms};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::ledger::LedgerRef;
 use crate::node::Shared;
-use crate::work::{Report, Work, WorkGuard};
+use crate::work::{Report, Work, WorkGuard, check_compared, claimed_form};
 
 /// Commands from [`NodeHandle`](crate::NodeHandle)s.
 pub(crate) enum Command {
@@ -1003,34 +1003,9 @@ impl Core {
         let Some(rec) = self.market.job(&signed.payload.job_id) else {
             return refuse(reply, "no such job here".into());
         };
-        let compare = match (rec.job.payload.runtime, &signed.payload.outcome) {
-            (
-                Runtime::Onnx { compare },
-                Outcome::Completed {
-                    compared: Some(c), ..
-                },
-            ) => Some((compare, *c)),
-            (Runtime::Onnx { .. }, Outcome::Completed { compared: None, .. }) => {
-                return refuse(
-                    reply,
-                    "an ONNX job's result must carry the hash of its output under the job's \
-                     comparison rule (`compared`)"
-                        .into(),
-                );
-            }
-            (
-                Runtime::Wasm,
-                Outcome::Completed {
-                    compared: Some(_), ..
-                },
-            ) => {
-                return refuse(
-                    reply,
-                    "a WebAssembly job's outputs are compared bit for bit: `compared` must be empty"
-                        .into(),
-                );
-            }
-            _ => None,
+        let compare = match claimed_form(rec.job.payload.runtime, &signed.payload.outcome) {
+            Ok(c) => c,
+            Err(why) => return refuse(reply, why.into()),
         };
         // Keep the output (content-addressed) before the market sees the result, so that a
         // verified job's output is on disk by the time anyone asks for it.
@@ -1040,19 +1015,8 @@ impl Core {
         self.tasks.spawn(async move {
             if !output.is_empty() || compare.is_some() {
                 let stored = tokio::task::spawn_blocking(move || {
-                    // The vote counts `compared`: it must be what the output gives under the
-                    // job's rule, or a worker could vote with the quorum and hand back anything.
                     if let Some((rule, claimed)) = compare {
-                        match canonicalize(&output, &rule) {
-                            Ok(c) if Hash::of(&c) == claimed => {}
-                            Ok(_) => {
-                                return Err(format!(
-                                    "the output's {rule} form does not match the result's \
-                                     `compared` hash"
-                                ));
-                            }
-                            Err(e) => return Err(format!("the output is not a tensor: {e}")),
-                        }
+                        check_compared(&output, &rule, &claimed)?;
                     }
                     store
                         .put_blob(&output)

@@ -212,3 +212,107 @@ impl Work {
         }
     }
 }
+
+/// What a result for a job of `runtime` must claim: for an ONNX job, the hash of its output's
+/// canonical form (`compared`, returned with the job's rule so that the output can be checked
+/// against it); for WebAssembly, nothing beside the output hash. A failed outcome claims no
+/// output. The error says what was wrong, for the worker's log.
+pub(crate) fn claimed_form(
+    runtime: Runtime,
+    outcome: &Outcome,
+) -> Result<Option<(Compare, Hash)>, &'static str> {
+    match (runtime, outcome) {
+        (
+            Runtime::Onnx { compare },
+            Outcome::Completed {
+                compared: Some(c), ..
+            },
+        ) => Ok(Some((compare, *c))),
+        (Runtime::Onnx { .. }, Outcome::Completed { compared: None, .. }) => Err(
+            "an ONNX job's result must carry the hash of its output under the job's comparison \
+             rule (`compared`)",
+        ),
+        (
+            Runtime::Wasm,
+            Outcome::Completed {
+                compared: Some(_), ..
+            },
+        ) => Err("a WebAssembly job's outputs are compared bit for bit: `compared` must be empty"),
+        _ => Ok(None),
+    }
+}
+
+/// Checks that `output` gives `claimed` under `rule`. The vote counts `compared`, so without this
+/// a worker could vote with the quorum and hand back any output at all.
+pub(crate) fn check_compared(output: &[u8], rule: &Compare, claimed: &Hash) -> Result<(), String> {
+    match canonicalize(output, rule) {
+        Ok(c) if Hash::of(&c) == *claimed => Ok(()),
+        Ok(_) => Err(format!(
+            "the output's {rule} form does not match the result's `compared` hash"
+        )),
+        Err(e) => Err(format!("the output is not a tensor: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MLP: &[u8] = include_bytes!("../../../examples/onnx/mlp.onnx");
+    const X16: &[u8] = include_bytes!("../../../examples/onnx/x16.npy");
+
+    fn completed(compared: Option<Hash>) -> Outcome {
+        Outcome::Completed {
+            exit_code: 0,
+            output_hash: Hash::of(b"out"),
+            fuel_used: 0,
+            compared,
+        }
+    }
+
+    #[test]
+    fn a_result_claims_the_form_its_runtime_needs() {
+        let onnx = Runtime::Onnx {
+            compare: Compare::Argmax,
+        };
+        let h = Hash::of(b"canonical");
+        assert_eq!(
+            claimed_form(onnx, &completed(Some(h))),
+            Ok(Some((Compare::Argmax, h)))
+        );
+        assert!(
+            claimed_form(onnx, &completed(None))
+                .unwrap_err()
+                .contains("compared")
+        );
+        assert!(claimed_form(Runtime::Wasm, &completed(Some(h))).is_err());
+        assert_eq!(claimed_form(Runtime::Wasm, &completed(None)), Ok(None));
+        let failed = Outcome::Failed {
+            kind: "invalid_model".into(),
+            detail: "x".into(),
+        };
+        assert_eq!(claimed_form(onnx, &failed), Ok(None));
+    }
+
+    /// A worker that votes with the quorum's `compared` hash but returns another output (here
+    /// the perturbed one, or garbage) is refused; the honest pair passes.
+    #[test]
+    fn a_result_whose_output_does_not_give_its_compared_hash_is_refused() {
+        let engine = agora_exec::OnnxEngine::new();
+        let out = engine
+            .run_blocking(&OnnxJob::new(MLP, X16.to_vec(), OnnxLimits::default()))
+            .expect("the example model runs")
+            .output;
+        let rule = Compare::Argmax;
+        let honest = Hash::of(&canonicalize(&out, &rule).expect("canonical"));
+        assert_eq!(check_compared(&out, &rule, &honest), Ok(()));
+        let wrong = perturb(&out, 7).expect("perturbed");
+        let e = check_compared(&wrong, &rule, &honest).unwrap_err();
+        assert!(e.contains("does not match"), "{e}");
+        let e = check_compared(b"not a tensor", &rule, &honest).unwrap_err();
+        assert!(e.contains("not a tensor"), "{e}");
+        // Under `exact` the same perturbation is caught as well.
+        let exact = Hash::of(&out);
+        assert!(check_compared(&wrong, &Compare::Exact, &exact).is_err());
+    }
+}
