@@ -324,7 +324,9 @@ def test_dashboard_follows_a_job_to_settlement(devnet: Devnet, browser: webdrive
                 and shown is not None and int(shown) == wallet["balance"])
 
     wait_for("the page shows the balance after settlement", settled, SETTLE_TIMEOUT)
-    assert int(browser.find_element(By.ID, "ledger-settled").text) >= 1
+    # The ledger panel refreshes on its own poll, which may come a beat after the wallet's.
+    wait_for("the page's ledger panel counts the settled job",
+             lambda: int(browser.find_element(By.ID, "ledger-settled").text or "0") >= 1, 30)
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
