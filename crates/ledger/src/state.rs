@@ -516,6 +516,16 @@ impl Ledger {
             .is_some_and(|a| !a.banned && a.stake >= self.params.min_bid_stake)
     }
 
+    /// The peers of every account that may bid ([`Ledger::can_bid`]): who may be leased work
+    /// directly from its ad.
+    pub fn bidders(&self) -> std::collections::HashSet<agora_types::PeerId> {
+        self.accounts
+            .keys()
+            .filter(|id| self.can_bid(id))
+            .filter_map(|id| id.peer_id().ok())
+            .collect()
+    }
+
     /// Every token held anywhere: balances, stakes, unbonding stake, escrows and credit lines.
     pub fn circulating(&self) -> u128 {
         self.accounts.values().map(Account::holdings).sum::<u128>()

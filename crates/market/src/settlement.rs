@@ -381,7 +381,8 @@ impl Settlement {
                 self.owed.remove(&job_id);
                 return;
             }
-            if waiting || o.attempts >= SETTLE_ATTEMPTS {
+            // Past that check, every attempt used up is still within its wait.
+            if waiting {
                 return;
             }
             let Some((quorum, minority)) = o.evidence.clone() else {
@@ -473,12 +474,7 @@ impl Settlement {
         now: UnixMillis,
         out: &mut Vec<Output>,
     ) {
-        let stakers = ledger
-            .accounts()
-            .filter(|(id, _)| ledger.can_bid(id))
-            .filter_map(|(id, _)| id.peer_id().ok())
-            .collect();
-        out.push(Output::Stakers(stakers));
+        out.push(Output::Stakers(ledger.bidders()));
         let lines = ledger
             .credits_of(&self.account)
             .filter(|(_, c)| c.closing_after_ms.is_none() && c.amount > 0)
@@ -576,11 +572,8 @@ impl Settlement {
             if sent >= CREDIT_TXS_PER_BLOCK || balance < top_up {
                 break;
             }
-            if self
-                .credit_txs
-                .get(&worker)
-                .is_some_and(|h| height < h + RETRY_BLOCKS)
-            {
+            // Still within its retry window (older ones were forgotten above).
+            if self.credit_txs.contains_key(&worker) {
                 continue;
             }
             self.credit_txs.insert(worker, height);

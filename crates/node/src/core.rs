@@ -1022,17 +1022,11 @@ impl Core {
                         .put_blob(&output)
                         .map_err(|e| format!("cannot store the output: {e}"))
                 })
-                .await;
-                match stored {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(why)) => {
-                        let _ = reply.send(Response::Refused(why));
-                        return;
-                    }
-                    Err(_) => {
-                        let _ = reply.send(Response::Refused("cannot store the output".into()));
-                        return;
-                    }
+                .await
+                .unwrap_or_else(|_| Err("cannot store the output".into()));
+                if let Err(why) = stored {
+                    let _ = reply.send(Response::Refused(why));
+                    return;
                 }
             }
             let _ = tx

@@ -116,12 +116,7 @@ impl LedgerRef {
     /// The peers of every account that may bid (the minimum bidder stake, not banned): who may
     /// be leased work directly from its ad.
     pub fn bidders(&self) -> std::collections::HashSet<agora_types::PeerId> {
-        let st = self.lock();
-        st.ledger
-            .accounts()
-            .filter(|(id, _)| st.ledger.can_bid(id))
-            .filter_map(|(id, _)| id.peer_id().ok())
-            .collect()
+        self.lock().ledger.bidders()
     }
 
     /// This node's waiting transactions, signed again with a fresh timestamp so that they pass

@@ -62,23 +62,11 @@ impl Drop for WorkGuard {
 /// What a worker reports: the outcome, stdout, and the first bytes of stderr.
 pub(crate) type Report = (Outcome, Vec<u8>, Vec<u8>);
 
+/// A failed execution as the replicas vote on it: the error's stable tag
+/// ([`ExecError::kind`]) and its message.
 fn failure(e: &ExecError) -> Outcome {
-    let kind = match e {
-        ExecError::FuelExhausted => "fuel",
-        ExecError::MemoryLimit { .. } => "memory",
-        ExecError::WallTime(_) => "wall_time",
-        ExecError::CompileTime(_) => "compile_time",
-        ExecError::OutputTooLarge { .. } => "output",
-        ExecError::InvalidModule(_) => "invalid_module",
-        ExecError::Trap(_) => "trap",
-        ExecError::InvalidModel(_) => "invalid_model",
-        ExecError::UnsupportedOperator(_) => "unsupported_operator",
-        ExecError::InvalidTensor(_) => "invalid_tensor",
-        ExecError::TooLarge { .. } => "too_large",
-        _ => "internal",
-    };
     Outcome::Failed {
-        kind: kind.into(),
+        kind: e.kind().into(),
         detail: e.to_string(),
     }
 }
@@ -185,15 +173,15 @@ impl Work {
                 None => out,
             };
             let canonical = canonicalize(&output, &compare)?;
-            Ok::<_, ExecError>((output, Hash::of(&canonical)))
+            Ok::<_, ExecError>((Hash::of(&output), Hash::of(&canonical), output))
         })
         .await
         .map_err(|e| format!("sandbox failure: {e}"))?;
         match judged {
-            Ok((output, compared)) => Ok((
+            Ok((output_hash, compared, output)) => Ok((
                 Outcome::Completed {
                     exit_code: 0,
-                    output_hash: Hash::of(&output),
+                    output_hash,
                     fuel_used: 0,
                     compared: Some(compared),
                 },
