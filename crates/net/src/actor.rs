@@ -17,7 +17,12 @@
 //!
 //! It applies the message-level defences: before an inbound request or gossip message reaches
 //! the node it checks that the peer is authorized and not blocked, takes it from the peer's
-//! quota ([`Guard`]), and for gossip runs [`validate::check`] and the replay cache. Offences go
+//! quota for that protocol ([`Guard`]: market, result and blob requests and gossip each have
+//! their own bucket), and for gossip runs [`validate::check`] and the replay cache.
+//!
+//! Direct requests are routed by their variant to their purpose's request-response behaviour
+//! ([`Purpose::of`]); outbound request ids are per behaviour, so pending requests are keyed by
+//! purpose and id, and each answer goes back through the behaviour its request came in on. Offences go
 //! to [`Guard::offend`]; a peer over the threshold is blocked in the gate, blacklisted in
 //! GossipSub and disconnected.
 
@@ -39,18 +44,20 @@ use agora_types::codec;
 use agora_types::wire::{GossipMessage, Response};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, subnet_of};
-use crate::codec::FrameFault;
+use crate::codec::{Codec, FrameFault, Purpose};
 use crate::dialer::{Dialer, split_peer};
 use crate::guard::{Guard, Offence, Proto};
 use crate::handle::{Command, Control, NetEvent, NetStatus};
 use crate::metrics::NetMetrics;
 use crate::peers::PeerBook;
 use crate::validate::{self, ReplayCache};
+use crate::vpool;
 use crate::{Config, NetError};
 
 type ProvidersReply = oneshot::Sender<Result<Vec<PeerId>, NetError>>;
 
 type Reply = (
+    Purpose,
     Option<Response>,
     request_response::ResponseChannel<Response>,
 );
@@ -59,17 +66,21 @@ pub(crate) struct Actor {
     pub swarm: Swarm<Behaviour>,
     pub commands: mpsc::Receiver<Command>,
     pub control: mpsc::Receiver<Control>,
-    pub faults: mpsc::Receiver<(PeerId, FrameFault)>,
+    pub faults: mpsc::Receiver<(PeerId, Purpose, FrameFault)>,
     pub guard: Guard,
     pub replay: ReplayCache,
+    pub vpool: vpool::Pool,
+    pub verdicts: mpsc::Receiver<vpool::Verdict>,
     pub events: mpsc::Sender<NetEvent>,
     pub config: Config,
     pub metrics: NetMetrics,
     pub libp2p_metrics: Metrics,
     pub dialer: Dialer,
     pub peers: PeerBook,
-    pub pending_requests:
-        HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
+    pub pending_requests: HashMap<
+        (Purpose, request_response::OutboundRequestId),
+        oneshot::Sender<Result<Response, NetError>>,
+    >,
     pub pending_providers: HashMap<kad::QueryId, (Vec<PeerId>, ProvidersReply)>,
     /// `start_providing` queries running (user DHT queries, like `pending_providers`).
     pub providing: HashSet<kad::QueryId>,
@@ -86,10 +97,11 @@ const MAX_USER_QUERIES: usize = 256;
 
 impl Actor {
     pub async fn run(mut self) {
-        let mut manager_tick = tokio::time::interval(MANAGER_TICK);
-        manager_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep_tick = tokio::time::interval(Duration::from_secs(1));
-        sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the connection manager, the dialer and the block list: it fires when
+        // the earliest of them needs the actor ([`Actor::next_wake`]), so an idle node at its
+        // target degree wakes for the prune round, not four times a second.
+        let wake = tokio::time::sleep(MANAGER_TICK);
+        tokio::pin!(wake);
         loop {
             // Control ahead of data: whatever control commands are queued go first.
             while let Ok(c) = self.control.try_recv() {
@@ -107,7 +119,22 @@ impl Actor {
                         return;
                     }
                 },
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.swarm.select_next_some() => {
+                    // A closed connection or a failed dial may need the short tick again.
+                    let rearm = matches!(
+                        event,
+                        SwarmEvent::ConnectionClosed { .. }
+                            | SwarmEvent::OutgoingConnectionError { .. }
+                            | SwarmEvent::ConnectionEstablished { .. }
+                    );
+                    self.on_swarm_event(event);
+                    if rearm {
+                        let next = self.next_wake(Instant::now());
+                        if next < wake.deadline().into_std() {
+                            wake.as_mut().reset(next.into());
+                        }
+                    }
+                }
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
                     None => {
@@ -115,13 +142,17 @@ impl Actor {
                         return;
                     }
                 },
-                Some((response, channel)) = self.replies.next(), if !self.replies.is_empty() => {
+                Some((purpose, response, channel)) = self.replies.next(), if !self.replies.is_empty() => {
                     let response = response.unwrap_or_else(|| Response::Refused("the node dropped the request".into()));
-                    let _ = self.swarm.behaviour_mut().rr.send_response(channel, response);
+                    let _ = self.swarm.behaviour_mut().rr(purpose).send_response(channel, response);
                 }
-                _ = manager_tick.tick() => self.manager_tick(),
-                Some((peer, fault)) = self.faults.recv() => self.on_frame_fault(peer, fault),
-                _ = sweep_tick.tick() => self.expire_blocks(),
+                () = &mut wake => {
+                    self.manager_tick();
+                    self.expire_blocks();
+                    wake.as_mut().reset(self.next_wake(Instant::now()).into());
+                }
+                Some(v) = self.verdicts.recv() => self.on_verdict(v),
+                Some((peer, purpose, fault)) = self.faults.recv() => self.on_frame_fault(peer, purpose, fault),
             }
         }
     }
@@ -208,13 +239,15 @@ impl Actor {
         self.forward(NetEvent::PeerBlocked { peer, duration });
     }
 
-    /// A request-response frame from `peer` was refused by the codec.
-    fn on_frame_fault(&mut self, peer: PeerId, fault: FrameFault) {
+    /// A request-response frame from `peer` on `purpose`'s protocol was refused by the codec.
+    fn on_frame_fault(&mut self, peer: PeerId, purpose: Purpose, fault: FrameFault) {
         let (reason, offence) = match fault {
             FrameFault::Oversized => ("oversized", Offence::OversizedFrame),
             FrameFault::Malformed => ("malformed", Offence::MalformedFrame),
+            FrameFault::Misrouted => ("misrouted", Offence::MalformedFrame),
         };
-        self.metrics.dropped("rr", reason);
+        self.metrics.dropped(purpose.label(), reason);
+        debug!(%peer, protocol = purpose.label(), reason, "direct frame refused");
         self.offend(peer, offence);
     }
 
@@ -269,6 +302,10 @@ impl Actor {
     }
 
     async fn shutdown(&mut self) {
+        // Closed first: a worker blocked on a full verdict queue then stops instead of waiting
+        // for a reader that is waiting for it.
+        self.verdicts.close();
+        self.vpool.shutdown().await;
         info!(
             "network shutting down: closing {} connections",
             self.peers.len()
@@ -286,6 +323,21 @@ impl Actor {
                 _ = &mut deadline => break,
             }
         }
+    }
+
+    /// When the actor's timer must fire next: on the short tick while the connection manager
+    /// has work ([`crate::connmgr::ConnManager::wants_ticks`]), else at the earliest of the next prune
+    /// round, the next bootstrap or static dial due and the first block to expire.
+    fn next_wake(&self, now: Instant) -> Instant {
+        let gate = &self.swarm.behaviour().gate;
+        if gate.manager.wants_ticks() {
+            return now + MANAGER_TICK;
+        }
+        [self.dialer.next_due(), gate.next_expiry()]
+            .into_iter()
+            .flatten()
+            .fold(self.next_prune, Instant::min)
+            .max(now + MANAGER_TICK)
     }
 
     /// What the connection manager asks for now: re-bootstrap, dials, a walk, a prune round.
@@ -411,22 +463,25 @@ impl Actor {
                 let _ = reply.send(self.publish(&message));
             }
             Command::Request(peer, request, reply) => {
+                let purpose = Purpose::of(&request);
+                let limit = purpose.max_request(self.config.max_frame_bytes);
                 let size = codec::encode(&request)
                     .map(|b| b.len())
                     .unwrap_or(usize::MAX);
-                if size > self.config.max_frame_bytes {
-                    let _ = reply.send(Err(NetError::TooLarge {
-                        len: size,
-                        limit: self.config.max_frame_bytes,
-                    }));
+                if size > limit {
+                    let _ = reply.send(Err(NetError::TooLarge { len: size, limit }));
                     return;
                 }
                 // A request is purposeful: its dial passes at target, and the peer is not pruned
                 // while it runs.
                 let until = Instant::now() + self.config.request_timeout;
                 self.swarm.behaviour_mut().gate.manager.busy(peer, until);
-                let id = self.swarm.behaviour_mut().rr.send_request(&peer, request);
-                self.pending_requests.insert(id, reply);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .rr(purpose)
+                    .send_request(&peer, request);
+                self.pending_requests.insert((purpose, id), reply);
             }
             Command::Dial(addr, reply) => {
                 let (plain, peer) = split_peer(&addr);
@@ -647,7 +702,9 @@ impl Actor {
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
-            BehaviourEvent::Rr(e) => self.on_rr_event(e),
+            BehaviourEvent::Market(e) => self.on_rr_event(Purpose::Market, e),
+            BehaviourEvent::Result(e) => self.on_rr_event(Purpose::Result, e),
+            BehaviourEvent::Blob(e) => self.on_rr_event(Purpose::Blob, e),
             BehaviourEvent::Limits(never) | BehaviourEvent::Gate(never) => match never {},
         }
     }
@@ -695,37 +752,51 @@ impl Actor {
         }
     }
 
+    /// A gossip message from `via`: the cheap checks here (admission, quota, size, decode,
+    /// topic, replay), the signature in the validation pool ([`Actor::on_verdict`] finishes).
     fn on_gossip(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let (verdict, decoded) = match self.judge_gossip(via, &message) {
-            Ok(m) => (gossipsub::MessageAcceptance::Accept, Some(m)),
-            Err(verdict) => (verdict, None),
+        let verdict = match self.precheck_gossip(via, &message) {
+            Ok(valid) => {
+                let job = vpool::Job {
+                    via,
+                    id: id.clone(),
+                    topic: valid.message.topic(),
+                    message: valid.message,
+                    replay_key: valid.replay_key,
+                };
+                if let Err(vpool::Full(job)) = self.vpool.submit(job) {
+                    // GossipSub counts the message as seen already: dropped here, no copy of it
+                    // would ever be accepted. Check it on this task instead (backpressure).
+                    self.metrics
+                        .dropped("gossip", "validation_queue_full_checked_inline");
+                    let outcome = vpool::check(job.message, self.vpool.bound_ms());
+                    self.on_verdict(vpool::Verdict {
+                        via: job.via,
+                        id: job.id,
+                        topic: job.topic,
+                        replay_key: job.replay_key,
+                        outcome,
+                    });
+                }
+                return;
+            }
+            Err(verdict) => verdict,
         };
         let _ = self
             .swarm
             .behaviour_mut()
             .gossipsub
             .report_message_validation_result(&id, &via, verdict);
-        if let Some(decoded) = decoded {
-            self.metrics.gossip_accepted.inc();
-            self.forward(NetEvent::Gossip {
-                via,
-                source: message.source,
-                message: decoded,
-            });
-        }
     }
 
-    /// The verdict on a gossip message: the decoded message, or `Ignore`/`Reject`.
-    fn judge_gossip(
+    /// What the actor checks before the pool: the decoded message, or `Ignore`/`Reject`.
+    fn precheck_gossip(
         &mut self,
         via: PeerId,
         message: &gossipsub::Message,
-    ) -> Result<GossipMessage, gossipsub::MessageAcceptance> {
-        use gossipsub::MessageAcceptance::{Ignore, Reject};
-        let author_ok = message
-            .source
-            .is_none_or(|s| s == via || self.admitted(&s, Proto::Gossip));
-        if !self.admitted(&via, Proto::Gossip) || !author_ok {
+    ) -> Result<validate::Valid, gossipsub::MessageAcceptance> {
+        use gossipsub::MessageAcceptance::Ignore;
+        if !self.admitted(&via, Proto::Gossip) {
             return Err(Ignore);
         }
         if !self.guard.allow(via, Proto::Gossip, Instant::now()) {
@@ -733,51 +804,102 @@ impl Actor {
             self.offend(via, Offence::QuotaExceeded(Proto::Gossip));
             return Err(Ignore);
         }
-        let now = agora_types::now_ms();
-        let bound_ms = self.config.synchrony_bound.as_millis() as u64;
         let max = self.config.max_gossip_bytes;
-        match validate::check(&message.data, message.topic.as_str(), max, now, bound_ms) {
+        match validate::decode(&message.data, message.topic.as_str(), max) {
             Ok(valid) => {
-                if let Some(key) = valid.replay_key
-                    && !self.replay.insert(key, now)
+                // Anonymous GossipSub: the author is the envelope's signer. A blocked or
+                // unauthorized author is ignored whoever forwards its messages.
+                if let Some(author) = validate::author(&valid.message)
+                    && author != via
+                    && !self.admitted(&author, Proto::Gossip)
+                {
+                    return Err(Ignore);
+                }
+                if let Some(key) = &valid.replay_key
+                    && self.replay.contains(key, agora_types::now_ms())
                 {
                     self.metrics.dropped("gossip", "replay");
                     debug!(%via, topic = %message.topic, "gossip replay ignored");
                     return Err(Ignore);
                 }
-                Ok(valid.message)
+                Ok(valid)
             }
-            Err(refusal) => {
-                debug!(%via, topic = %message.topic, reason = %refusal, "gossip message rejected");
-                self.metrics.gossip_rejected.inc();
-                self.metrics.dropped("gossip", refusal.label());
-                match refusal {
-                    validate::Refusal::Oversized(_) => self.offend(via, Offence::OversizedFrame),
-                    validate::Refusal::Invalid(_) => self.offend(via, Offence::InvalidMessage),
-                    // Clock skew is not malice; GossipSub's score still counts the Reject.
-                    validate::Refusal::OutOfSync(_) => {}
-                }
-                Err(Reject)
-            }
+            Err(refusal) => Err(self.refused_gossip(via, message.topic.as_str(), &refusal)),
         }
+    }
+
+    /// The pool's verdict on a message: reported to GossipSub, and the message handed to the
+    /// node if it is accepted (a copy accepted meanwhile makes this one a replay).
+    fn on_verdict(&mut self, v: vpool::Verdict) {
+        let (verdict, accepted) = match v.outcome {
+            // Blocked while its message waited in the pool.
+            Ok(_) if !self.admitted(&v.via, Proto::Gossip) => {
+                (gossipsub::MessageAcceptance::Ignore, None)
+            }
+            Ok(message) => match v.replay_key {
+                Some(key) if !self.replay.insert(key, agora_types::now_ms()) => {
+                    self.metrics.dropped("gossip", "replay");
+                    (gossipsub::MessageAcceptance::Ignore, None)
+                }
+                _ => (gossipsub::MessageAcceptance::Accept, Some(message)),
+            },
+            Err(refusal) => (self.refused_gossip(v.via, v.topic.name(), &refusal), None),
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&v.id, &v.via, verdict);
+        if let Some(message) = accepted {
+            self.metrics.gossip_accepted.inc();
+            self.forward(NetEvent::Gossip {
+                via: v.via,
+                message,
+            });
+        }
+    }
+
+    /// Counts, logs and penalises a refused gossip message; the verdict for GossipSub.
+    fn refused_gossip(
+        &mut self,
+        via: PeerId,
+        topic: &str,
+        refusal: &validate::Refusal,
+    ) -> gossipsub::MessageAcceptance {
+        debug!(%via, topic, reason = %refusal, "gossip message rejected");
+        self.metrics.gossip_rejected.inc();
+        self.metrics.dropped("gossip", refusal.label());
+        match refusal {
+            validate::Refusal::Oversized(_) => self.offend(via, Offence::OversizedFrame),
+            validate::Refusal::Invalid(_) => self.offend(via, Offence::InvalidMessage),
+            // Clock skew is not malice; GossipSub's score still counts the Reject.
+            validate::Refusal::OutOfSync(_) => {}
+        }
+        gossipsub::MessageAcceptance::Reject
     }
 
     fn on_rr_event(
         &mut self,
-        event: request_response::Event<agora_types::wire::Request, Response>,
+        purpose: Purpose,
+        event: request_response::Event<
+            <Codec as request_response::Codec>::Request,
+            <Codec as request_response::Codec>::Response,
+        >,
     ) {
+        let proto = Proto::from(purpose);
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
                     self.metrics.requests_inbound.inc();
-                    if !self.admitted(&peer, Proto::Rr) {
+                    if !self.admitted(&peer, proto) {
                         return; // dropping `channel` closes the stream unanswered
                     }
-                    if !self.guard.allow(peer, Proto::Rr, Instant::now()) {
-                        self.metrics.dropped("rr", "quota");
-                        self.offend(peer, Offence::QuotaExceeded(Proto::Rr));
+                    if !self.guard.allow(peer, proto, Instant::now()) {
+                        self.metrics.dropped(proto.label(), "quota");
+                        debug!(%peer, protocol = proto.label(), "request over quota");
+                        self.offend(peer, Offence::QuotaExceeded(proto));
                         return;
                     }
                     // Not pruned while we answer.
@@ -785,7 +907,7 @@ impl Actor {
                     self.swarm.behaviour_mut().gate.manager.busy(peer, until);
                     let (tx, rx) = oneshot::channel();
                     self.replies
-                        .push(Box::pin(async move { (rx.await.ok(), channel) }));
+                        .push(Box::pin(async move { (purpose, rx.await.ok(), channel) }));
                     self.forward(NetEvent::Request {
                         peer,
                         request,
@@ -796,7 +918,7 @@ impl Actor {
                     request_id,
                     response,
                 } => {
-                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    if let Some(reply) = self.pending_requests.remove(&(purpose, request_id)) {
                         let _ = reply.send(Ok(response));
                     }
                 }
@@ -808,12 +930,12 @@ impl Actor {
                 ..
             } => {
                 self.metrics.requests_failed.inc();
-                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                if let Some(reply) = self.pending_requests.remove(&(purpose, request_id)) {
                     let _ = reply.send(Err(NetError::Request(peer.to_string(), error.to_string())));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, %error, "inbound request failed");
+                debug!(%peer, protocol = purpose.label(), %error, "inbound request failed");
             }
             request_response::Event::ResponseSent { .. } => {}
         }

@@ -2,12 +2,17 @@
 //!
 //! - The [`gate`](crate::gate) comes first, so that a refused connection reaches no other
 //!   behaviour.
-//! - GossipSub validates every message in the actor (see [`crate::validate`]) and scores peers
+//! - GossipSub waits for our verdict on every message (decoded in the actor, its signature
+//!   checked in the validation pool: [`crate::validate`], [`crate::vpool`]) and scores peers
 //!   ([`peer_score`]): invalid messages (application `Reject`) weigh heavily on the propagation
 //!   source, so that its messages stop being gossiped to, published to, then processed at all.
 //! - Kademlia uses disjoint query paths (S/Kademlia: a lookup succeeds if any of its paths avoids
 //!   the adversary) and manual routing-table inserts: the actor inserts a peer only when its
 //!   bucket holds fewer than [`Config::max_peers_per_subnet_per_bucket`] peers of its subnet.
+//! - Direct messages use one request-response behaviour per purpose ([`Purpose`]: the market's
+//!   control messages, results, blob chunks), each on its own protocol with its own codec caps,
+//!   stream limit and (in the actor) per-peer quota; the actor routes each request by its
+//!   variant ([`Purpose::of`]), so callers see one `request` and one kind of inbound event.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -22,7 +27,7 @@ use libp2p::{
 
 use agora_types::wire::{Topic, limits};
 
-use crate::codec::{self, Codec, PeerTag};
+use crate::codec::{Codec, PeerTag, Purpose};
 use crate::metrics::NetMetrics;
 use crate::{Config, NetError, gate};
 
@@ -43,7 +48,12 @@ pub(crate) struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    pub rr: request_response::Behaviour<Codec>,
+    /// `/agora/market/…`: echo, bids, leases, cancels, heartbeats.
+    pub market: request_response::Behaviour<Codec>,
+    /// `/agora/result/…`: results with their output.
+    pub result: request_response::Behaviour<Codec>,
+    /// `/agora/blob/…`: blob chunks.
+    pub blob: request_response::Behaviour<Codec>,
 }
 
 /// Gossip message ids are the content hash of topic and data, so the same message published
@@ -60,12 +70,13 @@ impl Behaviour {
     pub fn new(
         key: &Keypair,
         config: &Config,
-        codec: Codec,
+        codec: impl Fn(Purpose) -> Codec,
         codec_peer: PeerTag,
         metrics: NetMetrics,
     ) -> Result<Self, NetError> {
-        // The gate must stay the first field: it tags the codec with each connection's peer
-        // just before request-response (the last field) clones the codec for the connection.
+        // The gate must stay the first field: it tags the codecs with each connection's peer
+        // just before the request-response behaviours (the last fields) clone their codec for
+        // the connection.
         let peer_id = key.public().to_peer_id();
         let gate = gate::Behaviour::new(config, peer_id, metrics, codec_peer);
         // The hard ceilings; the degree itself is the connection manager's (in the gate).
@@ -108,7 +119,12 @@ impl Behaviour {
 
         let mesh = MeshDegree::for_config(config);
         let gossip_config = gossipsub::ConfigBuilder::default()
-            .validation_mode(gossipsub::ValidationMode::Strict)
+            // No GossipSub signature: every Agora message carries its own Ed25519 envelope (the
+            // author's signature, checked once per message by the validator), and GossipSub
+            // would sign each publication and verify every copy a node receives, up to its
+            // mesh degree, before duplicates are dropped. Anonymous messages carry no author,
+            // sequence number or key, and the message id is the content hash.
+            .validation_mode(gossipsub::ValidationMode::Anonymous)
             .validate_messages()
             .message_id_fn(message_id)
             // Always the wire limit, whatever `max_gossip_bytes` (which the validator enforces):
@@ -123,11 +139,9 @@ impl Behaviour {
             .mesh_outbound_min(mesh.outbound_min)
             .build()
             .map_err(|e| NetError::Setup(format!("gossipsub config: {e}")))?;
-        let mut gossipsub = gossipsub::Behaviour::new(
-            gossipsub::MessageAuthenticity::Signed(key.clone()),
-            gossip_config,
-        )
-        .map_err(|e| NetError::Setup(format!("gossipsub: {e}")))?;
+        let mut gossipsub =
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
+                .map_err(|e| NetError::Setup(format!("gossipsub: {e}")))?;
         let (params, thresholds) = peer_score();
         gossipsub
             .with_peer_score(params, thresholds)
@@ -147,13 +161,15 @@ impl Behaviour {
             None
         };
 
-        let rr = request_response::Behaviour::with_codec(
-            codec,
-            [(codec::PROTOCOL, request_response::ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(config.request_timeout)
-                .with_max_concurrent_streams(256),
-        );
+        let rr = |purpose: Purpose| {
+            request_response::Behaviour::with_codec(
+                codec(purpose),
+                [(purpose.protocol(), request_response::ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(config.request_timeout)
+                    .with_max_concurrent_streams(purpose.max_streams()),
+            )
+        };
 
         Ok(Behaviour {
             gate,
@@ -163,8 +179,19 @@ impl Behaviour {
             kad,
             gossipsub,
             mdns: mdns.into(),
-            rr,
+            market: rr(Purpose::Market),
+            result: rr(Purpose::Result),
+            blob: rr(Purpose::Blob),
         })
+    }
+
+    /// The request-response behaviour of `purpose`.
+    pub fn rr(&mut self, purpose: Purpose) -> &mut request_response::Behaviour<Codec> {
+        match purpose {
+            Purpose::Market => &mut self.market,
+            Purpose::Result => &mut self.result,
+            Purpose::Blob => &mut self.blob,
+        }
     }
 }
 
@@ -281,7 +308,7 @@ mod tests {
             assert!(m.outbound_min <= m.n_low && m.n_low <= m.n && m.n <= m.n_high);
             assert!(m.outbound_min * 2 <= m.n);
             let key = Keypair::generate_ed25519();
-            let codec = Codec::new(1024, Default::default());
+            let codec = |p| Codec::new(p, 1024, Default::default());
             Behaviour::new(&key, &c, codec, PeerTag::default(), NetMetrics::default())
                 .unwrap_or_else(|e| panic!("T = {t}: {e}"));
         }

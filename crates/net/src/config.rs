@@ -64,7 +64,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long a direct request may wait for its response.
     pub request_timeout: Duration,
-    /// The largest direct request or response frame accepted or sent.
+    /// A ceiling on every direct request or response frame accepted or sent. Each protocol has
+    /// its own, lower cap (the market's 128 KiB, results' 4 MiB + 128 KiB, blob chunks' 1 MiB +
+    /// 4 KiB: see the `codec` module); this only lowers them further.
     pub max_frame_bytes: usize,
     /// GossipSub heartbeat.
     pub gossip_heartbeat: Duration,
@@ -96,8 +98,14 @@ pub struct Config {
     /// Rate of new inbound handshakes (pending inbound connections) accepted, all peers
     /// together; the excess is refused before the Noise handshake starts.
     pub inbound_handshake_rate: Rate,
-    /// Inbound direct requests accepted per peer; the excess is dropped unanswered.
+    /// Inbound requests on the market protocol (echo, bids, leases, cancels, heartbeats)
+    /// accepted per peer; the excess is dropped unanswered. (The name predates the split into
+    /// one protocol per purpose.)
     pub rr_quota: Rate,
+    /// Inbound results (`Request::Result`, up to 4 MiB each) accepted per peer.
+    pub result_quota: Rate,
+    /// Inbound blob chunk requests (`Request::GetBlob`, 1 MiB answers) accepted per peer.
+    pub blob_quota: Rate,
     /// Gossip messages accepted per propagation source; the excess is ignored.
     pub gossip_quota: Rate,
     /// Offence points at which a peer is blocked (see the `guard` module for the points of each
@@ -153,6 +161,16 @@ pub enum ConfigError {
     /// A node that wants no peer at all.
     #[error("target_peers = 0: a node needs at least one peer; set target_peers to 1 or more")]
     NoTarget,
+    /// A quota that admits nothing: every message of its protocol would be refused.
+    #[error("{name} admits nothing ({per_sec}/s, burst {burst}); give it at least 1/s, burst 1")]
+    ZeroQuota {
+        /// The quota's field.
+        name: &'static str,
+        /// Its rate.
+        per_sec: u32,
+        /// Its burst.
+        burst: u32,
+    },
 }
 
 /// Who may connect to the node.
@@ -192,10 +210,26 @@ impl Config {
         self.inbound_excess.unwrap_or(1)
     }
 
-    /// Checks the numbers that must agree: `T >= 1` and `T + S + E <= max_connections`.
+    /// Checks the numbers that must agree: `T >= 1`, `T + S + E <= max_connections`, and every
+    /// quota admits something.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.target_peers == 0 {
             return Err(ConfigError::NoTarget);
+        }
+        for (name, q) in [
+            ("rr_quota", self.rr_quota),
+            ("result_quota", self.result_quota),
+            ("blob_quota", self.blob_quota),
+            ("gossip_quota", self.gossip_quota),
+            ("inbound_handshake_rate", self.inbound_handshake_rate),
+        ] {
+            if q.per_sec == 0 || q.burst == 0 {
+                return Err(ConfigError::ZeroQuota {
+                    name,
+                    per_sec: q.per_sec,
+                    burst: q.burst,
+                });
+            }
         }
         let (target, slack, excess) = (self.target_peers, self.slack(), self.excess());
         let need = target.saturating_add(slack).saturating_add(excess);
@@ -270,6 +304,8 @@ impl Config {
             inbound_handshake_rate: Rate::new(500, 1000),
             // Benchmarks send thousands of sequential echo requests a second over loopback.
             rr_quota: Rate::new(10_000, 10_000),
+            result_quota: Rate::new(10_000, 10_000),
+            blob_quota: Rate::new(10_000, 10_000),
             gossip_quota: Rate::new(10_000, 10_000),
             offence_threshold: 100,
             offence_decay: Duration::from_secs(60),
@@ -306,6 +342,11 @@ impl Config {
             max_connections_per_ip: Some(3),
             inbound_handshake_rate: Rate::new(50, 100),
             rr_quota: Rate::new(100, 200),
+            // A worker sends one result per lease; up to 20 x 4 MiB a second from one peer.
+            result_quota: Rate::new(20, 100),
+            // 1 MiB chunks, fetched one after another: 100 MiB/s (about a 1 Gbit/s link), and a
+            // burst of 256 chunks (a job's largest module and input, 64 MiB each, twice over).
+            blob_quota: Rate::new(100, 256),
             gossip_quota: Rate::new(200, 400),
             max_peers_per_subnet_per_bucket: Some(2),
             ..Config::local()
@@ -357,6 +398,38 @@ mod tests {
         );
         c.target_peers = 0;
         assert_eq!(c.validate(), Err(ConfigError::NoTarget));
+    }
+
+    #[test]
+    fn every_protocol_has_a_quota_that_admits_something() {
+        for c in [Config::local(), Config::production()] {
+            for q in [c.rr_quota, c.result_quota, c.blob_quota, c.gossip_quota] {
+                assert!(q.per_sec >= 1 && q.burst >= 1, "{q:?}");
+            }
+        }
+        let mut c = Config::production();
+        c.blob_quota = Rate::new(0, 10);
+        let e = c.validate().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::ZeroQuota {
+                    name: "blob_quota",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("blob_quota admits nothing"), "{e}");
+        c.blob_quota = Rate::new(1, 1);
+        c.result_quota = Rate::new(5, 0);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ZeroQuota {
+                name: "result_quota",
+                ..
+            })
+        ));
     }
 
     #[test]

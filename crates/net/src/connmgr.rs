@@ -209,6 +209,9 @@ pub(crate) struct ConnManager {
     protected: HashSet<PeerId>,
     busy: HashMap<PeerId, Instant>,
     pruned: HashMap<PeerId, Instant>,
+    /// Peers that closed a kept connection on us (most likely they pruned us), until when we
+    /// leave them alone: neither the manager nor Kademlia dials them (requests still may).
+    shunned: HashMap<PeerId, Instant>,
     mesh: HashSet<PeerId>,
     user_queries: usize,
     alone_since: Option<Instant>,
@@ -238,6 +241,7 @@ impl ConnManager {
             protected: HashSet::new(),
             busy: HashMap::new(),
             pruned: HashMap::new(),
+            shunned: HashMap::new(),
             mesh: HashSet::new(),
             user_queries: 0,
             alone_since: Some(now),
@@ -334,6 +338,20 @@ impl ConnManager {
         self.pruned.get(peer).is_some_and(|until| *until > now)
     }
 
+    fn shunned_now(&self, peer: &PeerId, now: Instant) -> bool {
+        self.shunned.get(peer).is_some_and(|until| *until > now)
+    }
+
+    /// `peer` closed a kept connection on us: leave it alone for a prune backoff.
+    fn shun(&mut self, peer: PeerId, now: Instant) {
+        if self.shunned.len() >= MAX_CANDIDATES {
+            self.shunned.retain(|_, until| *until > now);
+        }
+        if self.shunned.len() < MAX_CANDIDATES {
+            self.shunned.insert(peer, now + self.s.prune_backoff);
+        }
+    }
+
     fn busy_now(&self, peer: &PeerId, now: Instant) -> bool {
         self.busy.get(peer).is_some_and(|until| *until > now)
     }
@@ -380,7 +398,9 @@ impl ConnManager {
             || peer.is_some_and(|p| self.busy_now(&p, now) || self.protected.contains(&p));
         let kind = if approved {
             DialKind::Approved
-        } else if peer.is_some_and(|p| self.pruned_now(&p, now)) && !purposeful {
+        } else if peer.is_some_and(|p| self.pruned_now(&p, now) || self.shunned_now(&p, now))
+            && !purposeful
+        {
             return Err(Deny::Pruned);
         } else if self.peers.len() + self.dialing.len() < self.s.target && now >= self.next_dial {
             self.next_dial = now + self.pace;
@@ -477,9 +497,20 @@ impl ConnManager {
             }
         }
         if let Some(p) = self.peers.get_mut(peer) {
+            // Only a connection we dialed: a peer that dialed us for one request closes it
+            // when idle, which is no sign that it pruned us.
+            let kept = !p.transient && p.conns.get(&conn) == Some(&Direction::Outbound);
             p.conns.remove(&conn);
             if p.conns.is_empty() {
                 self.peers.remove(peer);
+                // A kept peer we did not prune went away: it pruned us (or it stopped). Dialing
+                // it again at once would only meet its prune backoff, or a transient admission
+                // that it closes when idle: the churn that keeps a bootstrap node above its
+                // degree. The dialer still re-dials bootstrap and static peers on isolation.
+                if kept && !refused && !self.pruned_now(peer, now) && !self.protected.contains(peer)
+                {
+                    self.shun(*peer, now);
+                }
                 if let Some(c) = self.candidates.get_mut(peer) {
                     c.retry_at = Some(now + c.backoff);
                 }
@@ -521,6 +552,7 @@ impl ConnManager {
                     && !c.addrs.is_empty()
                     && c.retry_at.is_none_or(|t| t <= now)
                     && !self.pruned_now(p, now)
+                    && !self.shunned_now(p, now)
             })
             .map(|(p, c)| (self.protected.contains(p), c.seen, *p))
             .collect();
@@ -629,6 +661,7 @@ impl ConnManager {
         self.last_rebootstrap = Some(now);
         self.low_rounds = 0;
         self.pruned.clear();
+        self.shunned.clear();
         for c in self.candidates.values_mut() {
             c.retry_at = None;
             c.backoff = self.s.redial_base;
@@ -638,6 +671,13 @@ impl ConnManager {
         self.next_dial = now;
         self.pace = self.s.redial_base;
         true
+    }
+
+    /// Whether the manager has work on its short tick: the node is below target (dials, walks,
+    /// isolation), or dials are in flight. At target with nothing in flight it needs only the
+    /// prune round, so the runtime sleeps until then instead of ticking.
+    pub fn wants_ticks(&self) -> bool {
+        self.peers.len() < self.s.target || !self.dialing.is_empty() || self.alone_since.is_some()
     }
 
     /// Whether a Kademlia walk is due now: only below target, at a cadence that slows down
@@ -982,6 +1022,52 @@ mod tests {
         let t = now + backoff;
         assert_eq!(m.admit_inbound_peer(&id(3), t), Ok(true));
         assert_eq!(m.dials(t).len(), 1);
+    }
+
+    #[test]
+    fn a_peer_that_closed_a_kept_connection_is_left_alone_for_a_prune_backoff() {
+        let now = Instant::now();
+        let s = settings(4);
+        let backoff = s.prune_backoff;
+        let mut m = ConnManager::new(s, id(0), now);
+        m.candidate(id(1), &[addr()], now);
+        m.candidate(id(2), &[addr()], now);
+        // A stable connection to 1 (it lived past STABLE), then 1 closes it: it pruned us.
+        link(&mut m, id(1), 1, Direction::Outbound, now);
+        let later = now + STABLE + Duration::from_secs(1);
+        assert!(m.dials(later).iter().all(|d| d.peer != id(1)));
+        m.closed(&id(1), conn(1), later);
+        let t = later + backoff / 2;
+        let d = m.dials(t);
+        assert!(
+            d.iter().all(|d| d.peer != id(1)),
+            "re-dialed a peer that just closed on us: {d:?}"
+        );
+        assert!(d.iter().any(|d| d.peer == id(2)), "others are still dialed");
+        // Kademlia may not dial it either; a request may.
+        assert_eq!(
+            m.allow_outbound(conn(5), Some(id(1)), false, t),
+            Err(Deny::Pruned)
+        );
+        m.busy(id(1), t + Duration::from_secs(30));
+        assert_eq!(
+            m.allow_outbound(conn(6), Some(id(1)), false, t),
+            Ok(DialKind::Purposeful)
+        );
+        m.dial_failed(conn(6));
+        // After the backoff it is a candidate again.
+        let t = later + backoff;
+        assert!(m.dials(t).iter().any(|d| d.peer == id(1)));
+
+        // A peer we pruned ourselves is not shunned (it is in our prune backoff instead), and a
+        // transient peer closing is no sign either.
+        let mut m = ConnManager::new(settings(1), id(0), now);
+        link(&mut m, id(4), 4, Direction::Inbound, now);
+        m.busy(id(3), now + Duration::from_secs(30));
+        m.allow_outbound(conn(7), Some(id(3)), false, now).unwrap();
+        assert!(!m.established(id(3), conn(7), Direction::Outbound, now));
+        m.closed(&id(3), conn(7), now);
+        assert!(!m.shunned_now(&id(3), now));
     }
 
     #[test]

@@ -104,6 +104,17 @@ impl Dialer {
             .collect()
     }
 
+    /// When the next target falls due, if any is waiting.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.targets
+            .iter()
+            .filter_map(|t| match t.state {
+                State::Due(at) => Some(at),
+                _ => None,
+            })
+            .min()
+    }
+
     pub fn dialing(&mut self, index: usize, conn: ConnectionId) {
         if let Some(t) = self.targets.get_mut(index) {
             t.state = State::Dialing(conn);

@@ -206,6 +206,11 @@ impl Behaviour {
         self.metrics.blocked_peers.set(self.blocked.len() as i64);
     }
 
+    /// When the first block ends, if any peer is blocked.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.blocked.values().min().copied()
+    }
+
     /// Removes and returns the blocks that have expired.
     pub fn expire(&mut self, now: Instant) -> Vec<PeerId> {
         let done: Vec<PeerId> = self

@@ -2,11 +2,13 @@
 //!
 //! A plain state machine, no I/O; the actor asks it and acts on the answer.
 //!
-//! **Quotas.** Each connected peer gets a token bucket per protocol: inbound direct requests
-//! ([`Config::rr_quota`]) and gossip messages it forwards to us as propagation source
-//! ([`Config::gossip_quota`]). A message over quota is dropped before it reaches the node (a
-//! request is closed unanswered, a gossip message reported `Ignore`) and is an offence.
-//! Buckets are forgotten when the peer's last connection closes.
+//! **Quotas.** Each connected peer gets a token bucket per protocol: inbound requests on each
+//! direct-message protocol (the market's control messages, [`Config::rr_quota`]; results,
+//! [`Config::result_quota`]; blob chunks, [`Config::blob_quota`]: see the `codec` module), so
+//! that a blob stream cannot drain the bucket of bids, and gossip messages it forwards to us as
+//! propagation source ([`Config::gossip_quota`]). A message over quota is dropped before it
+//! reaches the node (a request is closed unanswered, a gossip message reported `Ignore`) and is
+//! an offence. Buckets are forgotten when the peer's last connection closes.
 //!
 //! **Offences** ([`Offence`], each with its points) accrue in a leaky bucket that drains at
 //! [`Config::offence_threshold`] points per [`Config::offence_decay`]. When the points reach the
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
+use crate::codec::Purpose;
 use crate::config::{Config, Rate};
 use crate::rate::TokenBucket;
 
@@ -30,15 +33,36 @@ pub(crate) const MAX_RECORDS: usize = 16_384;
 /// A protocol with a quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Proto {
-    Rr,
+    /// Requests on `/agora/market/…`.
+    Market,
+    /// Requests on `/agora/result/…`.
+    Result,
+    /// Requests on `/agora/blob/…`.
+    Blob,
     Gossip,
 }
 
+/// Buckets per peer: one per [`Proto`].
+const PROTOS: usize = 4;
+
 impl Proto {
+    /// The label in metrics (`protocol`) and logs.
     pub fn label(self) -> &'static str {
         match self {
-            Proto::Rr => "rr",
+            Proto::Market => "market",
+            Proto::Result => "result",
+            Proto::Blob => "blob",
             Proto::Gossip => "gossip",
+        }
+    }
+}
+
+impl From<Purpose> for Proto {
+    fn from(p: Purpose) -> Self {
+        match p {
+            Purpose::Market => Proto::Market,
+            Purpose::Result => Proto::Result,
+            Purpose::Blob => Proto::Blob,
         }
     }
 }
@@ -53,7 +77,7 @@ pub(crate) enum Offence {
     InvalidMessage,
     /// A frame (direct request or gossip payload) over its size limit.
     OversizedFrame,
-    /// A direct request frame that does not decode.
+    /// A direct request frame that does not decode, or a request on another purpose's protocol.
     MalformedFrame,
 }
 
@@ -68,7 +92,9 @@ impl Offence {
 
     pub fn label(self) -> &'static str {
         match self {
-            Offence::QuotaExceeded(Proto::Rr) => "rr_quota",
+            Offence::QuotaExceeded(Proto::Market) => "market_quota",
+            Offence::QuotaExceeded(Proto::Result) => "result_quota",
+            Offence::QuotaExceeded(Proto::Blob) => "blob_quota",
             Offence::QuotaExceeded(Proto::Gossip) => "gossip_quota",
             Offence::InvalidMessage => "invalid_message",
             Offence::OversizedFrame => "oversized_frame",
@@ -84,9 +110,9 @@ struct Record {
 }
 
 pub(crate) struct Guard {
-    rr: Rate,
-    gossip: Rate,
-    buckets: HashMap<PeerId, [TokenBucket; 2]>,
+    /// The quota of each [`Proto`], in its order.
+    rates: [Rate; PROTOS],
+    buckets: HashMap<PeerId, [TokenBucket; PROTOS]>,
     records: HashMap<PeerId, Record>,
     threshold: f64,
     drain_per_sec: f64,
@@ -98,8 +124,12 @@ impl Guard {
     pub fn new(config: &Config) -> Self {
         let threshold = f64::from(config.offence_threshold.max(1));
         Guard {
-            rr: config.rr_quota,
-            gossip: config.gossip_quota,
+            rates: [
+                config.rr_quota,
+                config.result_quota,
+                config.blob_quota,
+                config.gossip_quota,
+            ],
             buckets: HashMap::new(),
             records: HashMap::new(),
             threshold,
@@ -111,11 +141,11 @@ impl Guard {
 
     /// Takes one message of `proto` from `peer`'s quota; false when over it.
     pub fn allow(&mut self, peer: PeerId, proto: Proto, now: Instant) -> bool {
-        let (rr, gossip) = (self.rr, self.gossip);
+        let rates = self.rates;
         let b = self
             .buckets
             .entry(peer)
-            .or_insert_with(|| [TokenBucket::new(rr, now), TokenBucket::new(gossip, now)]);
+            .or_insert_with(|| rates.map(|r| TokenBucket::new(r, now)));
         b[proto as usize].take(now)
     }
 
@@ -173,6 +203,8 @@ mod tests {
     fn config() -> Config {
         let mut c = Config::local();
         c.rr_quota = Rate::new(10, 10);
+        c.result_quota = Rate::new(3, 3);
+        c.blob_quota = Rate::new(5, 5);
         c.offence_threshold = 100;
         c.offence_decay = Duration::from_secs(10);
         c.block_duration = Duration::from_secs(30);
@@ -185,9 +217,17 @@ mod tests {
         let mut g = Guard::new(&config());
         let (a, b) = (PeerId::random(), PeerId::random());
         let t = Instant::now();
-        assert_eq!((0..20).filter(|_| g.allow(a, Proto::Rr, t)).count(), 10);
-        assert!(g.allow(b, Proto::Rr, t));
+        assert_eq!((0..20).filter(|_| g.allow(a, Proto::Market, t)).count(), 10);
+        assert!(g.allow(b, Proto::Market, t));
         assert!(g.allow(a, Proto::Gossip, t));
+        // A drained market bucket leaves the others full, and the reverse.
+        assert_eq!((0..20).filter(|_| g.allow(a, Proto::Blob, t)).count(), 5);
+        assert_eq!((0..20).filter(|_| g.allow(a, Proto::Result, t)).count(), 3);
+        assert_eq!((0..20).filter(|_| g.allow(b, Proto::Blob, t)).count(), 5);
+        assert_eq!((0..20).filter(|_| g.allow(b, Proto::Market, t)).count(), 9);
+        for p in Purpose::ALL {
+            assert_eq!(Proto::from(p).label(), p.label());
+        }
     }
 
     #[test]
@@ -220,8 +260,11 @@ mod tests {
         // Quota offences are cheap: 99 at once stay below the threshold, the 100th reaches it.
         let q = PeerId::random();
         for _ in 0..99 {
-            assert_eq!(g.offend(q, Offence::QuotaExceeded(Proto::Rr), t), None);
+            assert_eq!(g.offend(q, Offence::QuotaExceeded(Proto::Market), t), None);
         }
-        assert!(g.offend(q, Offence::QuotaExceeded(Proto::Rr), t).is_some());
+        assert!(
+            g.offend(q, Offence::QuotaExceeded(Proto::Blob), t)
+                .is_some()
+        );
     }
 }

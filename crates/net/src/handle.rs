@@ -25,10 +25,9 @@ use crate::peers::PeerInfo;
 pub enum NetEvent {
     /// A gossip message that passed validation (decodes, right topic, valid signature).
     Gossip {
-        /// The peer that forwarded it to us.
+        /// The peer that forwarded it to us. (GossipSub messages carry no author: the author
+        /// is the signer of the message's own envelope.)
         via: PeerId,
-        /// The peer that published it, when known.
-        source: Option<PeerId>,
         /// The message.
         message: GossipMessage,
     },
@@ -135,7 +134,10 @@ impl NetHandle {
         self.call(|tx| Command::Publish(message, tx)).await?
     }
 
-    /// Sends a direct request and waits for the response (or the request timeout).
+    /// Sends a direct request and waits for the response (or the request timeout). It travels on
+    /// its purpose's protocol, chosen by its variant (market, result or blob: see the `codec`
+    /// module); one over that protocol's frame cap is refused with [`NetError::TooLarge`] before
+    /// it is sent.
     pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, NetError> {
         self.call(|tx| Command::Request(peer, request, tx)).await?
     }

@@ -11,7 +11,10 @@
 //! The behaviour stacks, per connection: TCP or QUIC, Noise, Yamux (QUIC brings its own
 //! encryption and multiplexing), then Identify (agent `agora/<version>`), Ping, Kademlia in server
 //! mode on `/agora/kad/1.0.0`, GossipSub with one topic per message kind, optional mDNS, and
-//! request-response on `/agora/rr/1.0.0` for direct messages.
+//! request-response for direct messages on one protocol per purpose, each with its own frame
+//! cap and per-peer quota: `/agora/market/1.0.0` (echo, bids, leases, cancels, heartbeats),
+//! `/agora/result/1.0.0` (results) and `/agora/blob/1.0.0` (blob chunks). [`NetHandle::request`]
+//! picks the protocol from the request's variant.
 //!
 //! # Discovery
 //!
@@ -37,16 +40,21 @@
 //!   per IP, connection limits in total, per peer and for pending handshakes, inbound
 //!   connections beyond the connection manager's band (`T + S + E`) refused before Noise, and no
 //!   connection at all with a blocked peer.
-//! - **How much they send** (module `guard`): per-peer token buckets on direct
-//!   requests and on gossip; the excess is dropped before the node sees it.
+//! - **How much they send** (module `guard`): per-peer token buckets on each direct-message
+//!   protocol (market, results, blobs: a blob stream cannot drain the bids' bucket) and on
+//!   gossip; the excess is dropped before the node sees it.
 //! - **Repeat offenders** (module `guard`): quota excess, invalid gossip, oversized and
 //!   malformed frames accrue points; at a threshold the peer is disconnected and blocked, 30 s
 //!   at first, doubling with each block up to an hour.
 //! - **Oversized frames**: the request-response codec reads a length prefix and refuses anything
-//!   over [`Config::max_frame_bytes`] before reading the body; gossip is capped by GossipSub's
-//!   transmit size ([`Config::max_gossip_bytes`] plus envelope) and again by the validator.
-//! - **Forged, stale or replayed gossip** (module `validate`): messages are signed
-//!   by their author (strict mode), ids are content hashes, and every message is decoded,
+//!   over its protocol's cap before reading the body ([`MAX_MARKET_FRAME_BYTES`] for bids and
+//!   leases, [`MAX_RESULT_FRAME_BYTES`] for results, [`MAX_BLOB_FRAME_BYTES`] for blob chunks,
+//!   all under [`Config::max_frame_bytes`]), and a request on another purpose's protocol; gossip
+//!   is capped by GossipSub's transmit size ([`Config::max_gossip_bytes`] plus envelope) and
+//!   again by the validator.
+//! - **Forged, stale or replayed gossip** (modules `validate`, `vpool`): GossipSub runs
+//!   anonymous (every Agora message carries its author's Ed25519 envelope; a blocked or
+//!   unauthorized author is ignored whoever forwards it), ids are content hashes, and every message is decoded,
 //!   checked against its topic, its inner signature verified, its timestamp held to
 //!   [`Config::synchrony_bound`], and its signed digest to a replay cache, before it is accepted
 //!   and forwarded. GossipSub peer scoring turns rejected messages into a falling score for the
@@ -72,6 +80,7 @@ mod peers;
 mod ports;
 mod rate;
 mod validate;
+mod vpool;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -83,7 +92,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
-pub use codec::PROTOCOL as RR_PROTOCOL;
+pub use codec::{
+    BLOB_PROTOCOL, MARKET_PROTOCOL, MAX_BLOB_FRAME_BYTES, MAX_BLOB_REQUEST_BYTES,
+    MAX_MARKET_FRAME_BYTES, MAX_RESULT_FRAME_BYTES, RESULT_PROTOCOL,
+};
 pub use config::{Authorization, Config, ConfigError, Rate};
 pub use handle::{NetEvent, NetHandle, NetStatus};
 pub use libp2p::identity::Keypair;
@@ -195,11 +207,17 @@ pub fn spawn(
     let metrics = NetMetrics::register(registry);
     let codec_peer = codec::PeerTag::default();
     let (faults_tx, faults_rx) = mpsc::channel(1024);
-    let codec = codec::Codec::new(config.max_frame_bytes, metrics.frames_refused.clone())
-        .with_faults(codec_peer.clone(), faults_tx);
+    let codec = |purpose| {
+        codec::Codec::new(
+            purpose,
+            config.max_frame_bytes,
+            metrics.frames_refused.clone(),
+        )
+        .with_faults(codec_peer.clone(), faults_tx.clone())
+    };
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let make_behaviour = |key: &Keypair| {
-        behaviour::Behaviour::new(key, &config, codec, codec_peer, metrics.clone())
+        behaviour::Behaviour::new(key, &config, codec, codec_peer.clone(), metrics.clone())
             .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
     };
     let idle_timeout = config.idle_timeout;
@@ -258,6 +276,9 @@ pub fn spawn(
         }
     }
     let config_prune = config.prune_interval;
+    let (verdict_tx, verdict_rx) = mpsc::channel(vpool::VERDICT_QUEUE);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let vpool = vpool::Pool::new(vpool::QUEUE_PER_KIND, workers, bound_ms, verdict_tx);
     let actor = actor::Actor {
         swarm,
         commands: cmd_rx,
@@ -265,6 +286,8 @@ pub fn spawn(
         faults: faults_rx,
         guard: guard::Guard::new(&config),
         replay: validate::ReplayCache::new(2 * bound_ms, config.replay_cache_capacity),
+        vpool,
+        verdicts: verdict_rx,
         events: ev_tx,
         config,
         metrics,

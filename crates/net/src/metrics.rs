@@ -26,11 +26,13 @@ pub struct NetMetrics {
     /// and the connection manager's `over_capacity`, `pruned`, `at_target`, `paced` (the last
     /// two are our own unasked dials, Kademlia's, refused without opening a socket).
     pub refused_connections: Family<[(&'static str, &'static str); 1], Counter>,
-    /// Inbound messages dropped before reaching the node, by `protocol` (`rr`, `gossip`) and
-    /// `reason` (`quota`, `unauthorized`, `blocked`, `invalid`, `oversized`, `malformed`,
-    /// `out_of_sync`, `replay`).
+    /// Inbound messages dropped before reaching the node, by `protocol` (the direct-message
+    /// protocols `market`, `result`, `blob`, and `gossip`) and `reason` (`quota`,
+    /// `unauthorized`, `blocked`, `invalid`, `oversized`, `malformed`, `misrouted` (a request on
+    /// another purpose's protocol), `out_of_sync`, `replay`).
     pub dropped_messages: Family<[(&'static str, &'static str); 2], Counter>,
-    /// Offences recorded against peers, by `kind`.
+    /// Offences recorded against peers, by `kind` (`market_quota`, `result_quota`,
+    /// `blob_quota`, `gossip_quota`, `invalid_message`, `oversized_frame`, `malformed_frame`).
     pub offences: Family<[(&'static str, &'static str); 1], Counter>,
     /// Peers blocked (each block counts, repeat blocks included):
     /// `agora_net_blocked_peers_total`.

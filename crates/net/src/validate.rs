@@ -2,7 +2,12 @@
 //!
 //! GossipSub runs with `validate_messages()`: every message waits in its cache until the actor
 //! reports a verdict, and only accepted messages are forwarded to other peers and handed to the
-//! node. The actor checks, in order and without blocking (one decode, one signature check):
+//! node. The actor decodes ([`decode`]: steps 1, 2 without the signature, and 4), then the
+//! validation pool ([`crate::vpool`]) checks the signature and the bound ([`verify`]: 2 and 3)
+//! off the actor (when a topic's queue is full the actor checks that message itself rather than
+//! drop it: GossipSub would count a dropped message as seen and ignore every later copy); a
+//! digest already in the cache is ignored before its signature is checked, and a digest is
+//! recorded only once its message verified. The steps:
 //!
 //! 1. the payload is at most [`Config::max_gossip_bytes`](crate::Config::max_gossip_bytes)
 //!    (`oversized`, `Reject`);
@@ -51,20 +56,18 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// A message that passed steps 1 to 3, with its replay key (none for `Text`).
+/// A message that decoded for its topic, with its replay key (none for `Text`); its signature
+/// is not checked yet ([`verify`]).
 pub(crate) struct Valid {
     pub message: GossipMessage,
     pub replay_key: Option<Hash>,
 }
 
-/// Steps 1 to 3.
-pub(crate) fn check(
-    data: &[u8],
-    topic: &str,
-    max_bytes: usize,
-    now: UnixMillis,
-    bound_ms: u64,
-) -> Result<Valid, Refusal> {
+/// Steps 1 and 2 without the signature, and the replay key: what the actor checks before a
+/// message goes to the validation pool. The key is the digest of the whole signed envelope,
+/// signature included, so recording it before the signature is checked can only ever make us
+/// ignore copies of these very bytes.
+pub(crate) fn decode(data: &[u8], topic: &str, max_bytes: usize) -> Result<Valid, Refusal> {
     if data.len() > max_bytes {
         return Err(Refusal::Oversized(data.len()));
     }
@@ -78,23 +81,13 @@ pub(crate) fn check(
             topic.name()
         )));
     }
-    let fresh = |r: Result<(), agora_types::sign::SignError>| {
-        r.map_err(|e| match e {
-            agora_types::sign::SignError::OutOfSync { .. } => Refusal::OutOfSync(e.to_string()),
-            e => Refusal::Invalid(e.to_string()),
-        })
-    };
     let replay_key = match &message {
         GossipMessage::Job { job, attempt } => {
-            fresh(job.verify())?;
             let mut key = job.digest().0.to_vec();
             key.extend_from_slice(&attempt.to_be_bytes());
             Some(Hash::of(&key))
         }
-        GossipMessage::Capability(s) => {
-            fresh(s.verify_fresh(now, bound_ms))?;
-            Some(s.digest())
-        }
+        GossipMessage::Capability(s) => Some(s.digest()),
         GossipMessage::Result(s) => {
             let n = s.payload.notices.len();
             if n > agora_types::job::MAX_NOTICES {
@@ -103,27 +96,73 @@ pub(crate) fn check(
                     agora_types::job::MAX_NOTICES
                 )));
             }
-            fresh(s.verify_fresh(now, bound_ms))?;
             Some(s.digest())
         }
-        GossipMessage::Reputation(s) => {
-            fresh(s.verify_fresh(now, bound_ms))?;
-            Some(s.digest())
-        }
-        GossipMessage::Health(s) => {
-            fresh(s.verify_fresh(now, bound_ms))?;
-            Some(s.digest())
-        }
-        // Ledger transactions may sit in a mempool and be re-gossiped long after signing;
-        // their nonce stops replays at the ledger, so they skip the synchrony bound too.
-        GossipMessage::Tx(tx) => {
-            fresh(tx.verify())?;
-            Some(tx.digest())
-        }
+        GossipMessage::Reputation(s) => Some(s.digest()),
+        GossipMessage::Health(s) => Some(s.digest()),
+        GossipMessage::Tx(tx) => Some(tx.digest()),
         GossipMessage::Text(_) => None,
     };
     Ok(Valid {
         message,
+        replay_key,
+    })
+}
+
+/// The peer whose key signed the message's envelope (none for `Text` and for ledger
+/// transactions, whose signer is an account the ledger checks).
+pub(crate) fn author(message: &GossipMessage) -> Option<libp2p::PeerId> {
+    match message {
+        GossipMessage::Job { job, .. } => job.signer_peer().ok(),
+        GossipMessage::Capability(s) => s.signer_peer().ok(),
+        GossipMessage::Result(s) => s.signer_peer().ok(),
+        GossipMessage::Reputation(s) => s.signer_peer().ok(),
+        GossipMessage::Health(s) => s.signer_peer().ok(),
+        GossipMessage::Tx(_) | GossipMessage::Text(_) => None,
+    }
+}
+
+/// Step 3 and the signature (the expensive part, run in the validation pool).
+pub(crate) fn verify(
+    message: GossipMessage,
+    now: UnixMillis,
+    bound_ms: u64,
+) -> Result<GossipMessage, Refusal> {
+    let fresh = |r: Result<(), agora_types::sign::SignError>| {
+        r.map_err(|e| match e {
+            agora_types::sign::SignError::OutOfSync { .. } => Refusal::OutOfSync(e.to_string()),
+            e => Refusal::Invalid(e.to_string()),
+        })
+    };
+    match &message {
+        GossipMessage::Job { job, .. } => fresh(job.verify())?,
+        GossipMessage::Capability(s) => fresh(s.verify_fresh(now, bound_ms))?,
+        GossipMessage::Result(s) => fresh(s.verify_fresh(now, bound_ms))?,
+        GossipMessage::Reputation(s) => fresh(s.verify_fresh(now, bound_ms))?,
+        GossipMessage::Health(s) => fresh(s.verify_fresh(now, bound_ms))?,
+        // Ledger transactions may sit in a mempool and be re-gossiped long after signing;
+        // their nonce stops replays at the ledger, so they skip the synchrony bound too.
+        GossipMessage::Tx(tx) => fresh(tx.verify())?,
+        GossipMessage::Text(_) => {}
+    }
+    Ok(message)
+}
+
+/// Every step but the replay cache, in one call.
+#[cfg(test)]
+pub(crate) fn check(
+    data: &[u8],
+    topic: &str,
+    max_bytes: usize,
+    now: UnixMillis,
+    bound_ms: u64,
+) -> Result<Valid, Refusal> {
+    let Valid {
+        message,
+        replay_key,
+    } = decode(data, topic, max_bytes)?;
+    Ok(Valid {
+        message: verify(message, now, bound_ms)?,
         replay_key,
     })
 }
@@ -145,6 +184,11 @@ impl ReplayCache {
             ttl_ms,
             capacity: capacity.max(1),
         }
+    }
+
+    /// Whether `key` was recorded and has not expired (without recording it).
+    pub fn contains(&self, key: &Hash, now: UnixMillis) -> bool {
+        self.seen.get(key).is_some_and(|expiry| *expiry > now)
     }
 
     /// Records `key`; false if it was already there (a replay).

@@ -1,8 +1,10 @@
 //! The network-level defences, attacked in process over loopback TCP.
 //!
 //! Attackers are bare libp2p swarms ([`Raw`]): they speak our protocols but write whatever
-//! bytes they like (raw request-response frames, arbitrary gossip payloads). Victims and honest
-//! peers are `agora_net` nodes. Assertions read the victim's metrics and what its node saw.
+//! bytes they like (raw request-response frames on any of the direct-message protocols,
+//! arbitrary gossip payloads), or `agora_net` nodes that send more than their share. Victims and
+//! honest peers are `agora_net` nodes. Assertions read the victim's metrics and what its node
+//! saw.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -13,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_net::{Authorization, Config, Keypair, Multiaddr, NetEvent, NetHandle, PeerId, Rate};
+use agora_types::Hash;
 use agora_types::codec;
-use agora_types::job::Health;
+use agora_types::job::{Bid, Health, Outcome, WorkResult};
 use agora_types::sign::Signed;
-use agora_types::wire::{GossipMessage, Request, Response, Topic};
+use agora_types::wire::{GossipMessage, Request, Response, Topic, limits};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, Swarm, SwarmEvent};
@@ -39,8 +42,56 @@ struct Node {
 struct Seen {
     connected: HashSet<PeerId>,
     requests: Vec<PeerId>,
+    /// Each request's sender and kind (`echo`, `bid`, `result`, `get_blob`...).
+    kinds: Vec<(PeerId, &'static str)>,
     gossip: Vec<GossipMessage>,
     blocked: Vec<PeerId>,
+}
+
+impl Seen {
+    fn count(&self, from: PeerId, kind: &str) -> usize {
+        self.kinds
+            .iter()
+            .filter(|(p, k)| *p == from && *k == kind)
+            .count()
+    }
+}
+
+/// The blob every test node serves to `GetBlob`: three chunks, the last one partial.
+fn test_blob() -> Vec<u8> {
+    let chunk = limits::BLOB_CHUNK_BYTES as usize;
+    (0..2 * chunk + chunk / 2)
+        .map(|i| (i % 251) as u8)
+        .collect()
+}
+
+fn kind(request: &Request) -> &'static str {
+    match request {
+        Request::Echo(_) => "echo",
+        Request::Bid(_) => "bid",
+        Request::Lease(_) => "lease",
+        Request::Result { .. } => "result",
+        Request::Cancel(_) => "cancel",
+        Request::GetBlob { .. } => "get_blob",
+        Request::Heartbeat(_) => "heartbeat",
+    }
+}
+
+/// The test node's answer: echoes, acks, and chunks of [`test_blob`].
+fn answer(blob: &[u8], request: Request) -> Response {
+    match request {
+        Request::Echo(b) => Response::Echo(b),
+        Request::GetBlob { offset, len, .. } => {
+            let start = (offset as usize).min(blob.len());
+            let len = len.min(limits::BLOB_CHUNK_BYTES) as usize;
+            let end = start.saturating_add(len).min(blob.len());
+            Response::Blob {
+                total: blob.len() as u64,
+                data: blob[start..end].to_vec(),
+            }
+        }
+        _ => Response::Ack,
+    }
 }
 
 async fn start(key: Keypair, tweak: impl FnOnce(&mut Config)) -> Node {
@@ -66,6 +117,7 @@ async fn start(key: Keypair, tweak: impl FnOnce(&mut Config)) -> Node {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let s = seen.clone();
     let mut events = net.events;
+    let blob = test_blob();
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
             let mut s = s.lock().unwrap();
@@ -76,9 +128,8 @@ async fn start(key: Keypair, tweak: impl FnOnce(&mut Config)) -> Node {
                     reply,
                 } => {
                     s.requests.push(peer);
-                    if let Request::Echo(b) = request {
-                        let _ = reply.send(Response::Echo(b));
-                    }
+                    s.kinds.push((peer, kind(&request)));
+                    let _ = reply.send(answer(&blob, request));
                 }
                 NetEvent::Gossip { message, .. } => s.gossip.push(message),
                 NetEvent::PeerConnected(p) => {
@@ -112,6 +163,13 @@ fn dropped(node: &Node, protocol: &str, reason: &str) -> f64 {
     metric(
         &node.registry,
         &format!("agora_net_dropped_messages_total{{protocol=\"{protocol}\",reason=\"{reason}\"}}"),
+    )
+}
+
+fn offences(node: &Node, kind: &str) -> f64 {
+    metric(
+        &node.registry,
+        &format!("agora_net_offences_total{{kind=\"{kind}\"}}"),
     )
 }
 
@@ -201,9 +259,23 @@ impl request_response::Codec for RawCodec {
     }
 }
 
+/// A raw request-response behaviour on `protocol`.
+fn raw_rr(protocol: StreamProtocol) -> request_response::Behaviour<RawCodec> {
+    request_response::Behaviour::with_codec(
+        RawCodec,
+        [(protocol, request_response::ProtocolSupport::Outbound)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(5))
+            .with_max_concurrent_streams(10_000),
+    )
+}
+
 #[derive(NetworkBehaviour)]
 struct Raw {
+    /// The market protocol.
     rr: request_response::Behaviour<RawCodec>,
+    result: request_response::Behaviour<RawCodec>,
+    blob: request_response::Behaviour<RawCodec>,
     gossip: Toggle<gossipsub::Behaviour>,
 }
 
@@ -236,15 +308,21 @@ impl RawPeer {
                 yamux::Config::default,
             )
             .unwrap()
-            .with_behaviour(|key| {
+            .with_behaviour(|_key| {
                 let gossip = with_gossip.then(|| {
+                    // Anonymous, as Agora nodes publish: the author is the signer of the
+                    // message's own envelope. Message ids are content hashes (anonymous
+                    // messages have no author and sequence number to make one of).
                     let config = gossipsub::ConfigBuilder::default()
-                        .validation_mode(gossipsub::ValidationMode::Strict)
+                        .validation_mode(gossipsub::ValidationMode::Anonymous)
+                        .message_id_fn(|m: &gossipsub::Message| {
+                            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                        })
                         .max_transmit_size(1 << 18)
                         .build()
                         .unwrap();
                     let mut g = gossipsub::Behaviour::new(
-                        gossipsub::MessageAuthenticity::Signed(key.clone()),
+                        gossipsub::MessageAuthenticity::Anonymous,
                         config,
                     )
                     .unwrap();
@@ -254,16 +332,9 @@ impl RawPeer {
                     g
                 });
                 Raw {
-                    rr: request_response::Behaviour::with_codec(
-                        RawCodec,
-                        [(
-                            agora_net::RR_PROTOCOL,
-                            request_response::ProtocolSupport::Outbound,
-                        )],
-                        request_response::Config::default()
-                            .with_request_timeout(Duration::from_secs(5))
-                            .with_max_concurrent_streams(10_000),
-                    ),
+                    rr: raw_rr(agora_net::MARKET_PROTOCOL),
+                    result: raw_rr(agora_net::RESULT_PROTOCOL),
+                    blob: raw_rr(agora_net::BLOB_PROTOCOL),
                     gossip: gossip.into(),
                 }
             })
@@ -283,10 +354,20 @@ impl RawPeer {
                         SwarmEvent::ConnectionClosed { .. } => {
                             st.closed.fetch_add(1, Ordering::Relaxed);
                         }
-                        SwarmEvent::Behaviour(RawEvent::Rr(request_response::Event::Message {
-                            message: request_response::Message::Response { .. },
-                            ..
-                        })) => {
+                        SwarmEvent::Behaviour(
+                            RawEvent::Rr(request_response::Event::Message {
+                                message: request_response::Message::Response { .. },
+                                ..
+                            })
+                            | RawEvent::Result(request_response::Event::Message {
+                                message: request_response::Message::Response { .. },
+                                ..
+                            })
+                            | RawEvent::Blob(request_response::Event::Message {
+                                message: request_response::Message::Response { .. },
+                                ..
+                            }),
+                        ) => {
                             st.responses.fetch_add(1, Ordering::Relaxed);
                         }
                         SwarmEvent::Behaviour(RawEvent::Gossip(
@@ -316,9 +397,26 @@ impl RawPeer {
         .await;
     }
 
+    /// Sends `frame` on the market protocol.
     async fn request(&self, to: PeerId, frame: Vec<u8>) {
         self.run(move |s| {
             s.behaviour_mut().rr.send_request(&to, frame);
+        })
+        .await;
+    }
+
+    /// Sends `frame` on the blob protocol.
+    async fn request_blob(&self, to: PeerId, frame: Vec<u8>) {
+        self.run(move |s| {
+            s.behaviour_mut().blob.send_request(&to, frame);
+        })
+        .await;
+    }
+
+    /// Sends `frame` on the result protocol.
+    async fn request_result(&self, to: PeerId, frame: Vec<u8>) {
+        self.run(move |s| {
+            s.behaviour_mut().result.send_request(&to, frame);
         })
         .await;
     }
@@ -567,7 +665,7 @@ async fn slow_scenario_flood_over_quota_is_blocked_honest_traffic_flows() {
     );
     assert!(victim.seen.lock().unwrap().blocked.contains(&flooder.id));
     assert!(metric(&victim.registry, "agora_net_blocked_peers_total") >= 1.0);
-    assert!(dropped(&victim, "rr", "quota") + dropped(&victim, "gossip", "quota") >= 1.0);
+    assert!(dropped(&victim, "market", "quota") + dropped(&victim, "gossip", "quota") >= 1.0);
     // At most one burst per protocol per block period reaches the node.
     assert!((flood_requests as u64) < sent / 10, "{flood_requests}");
     assert!(
@@ -664,7 +762,8 @@ async fn malformed_frames_on_each_protocol_block_the_sender() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let growth = rss().saturating_sub(rss0);
-    let malformed = dropped(&victim, "rr", "malformed") + dropped(&victim, "rr", "oversized");
+    let malformed =
+        dropped(&victim, "market", "malformed") + dropped(&victim, "market", "oversized");
     let invalid = dropped(&victim, "gossip", "invalid") + dropped(&victim, "gossip", "oversized");
     eprintln!(
         "{FRAMES} bad frames per protocol: rr dropped {malformed}, gossip dropped {invalid}; \
@@ -783,4 +882,254 @@ async fn handshakes_over_the_rate_are_refused() {
         async move { n >= 2.0 }
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f) one protocol per purpose: quotas and frame caps of their own
+
+/// Starts a node that dials `victim`, and waits until it is connected.
+async fn start_peer(key: Keypair, victim: &Node) -> Node {
+    let addr = victim.addr.clone();
+    let node = start(key, |c| c.bootstrap = vec![addr]).await;
+    let h = node.handle.clone();
+    eventually("the peer connects to the victim", 20, || {
+        let h = h.clone();
+        async move { h.status().await.unwrap().connected_peers >= 1 }
+    })
+    .await;
+    node
+}
+
+fn get_blob(offset: usize, len: u32) -> Request {
+    Request::GetBlob {
+        hash: Hash::of(b"the test blob"),
+        offset: offset as u64,
+        len,
+    }
+}
+
+/// A peer floods the market protocol with 10x its burst, in waves, while it fetches a
+/// three-chunk blob from the same node: the flood is refused and counted as offences, the blob
+/// bucket is untouched, and every chunk is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_market_flood_does_not_starve_a_blob_fetch_of_the_same_peer() {
+    const MARKET_BURST: u32 = 10;
+    const FLOOD: usize = 10 * MARKET_BURST as usize;
+    let victim = start(Keypair::generate_ed25519(), |c| {
+        c.rr_quota = Rate::new(1, MARKET_BURST);
+        c.blob_quota = Rate::new(1, 8);
+        // Penalised, not blocked: its quota offences (1 point each, fewer than FLOOD) stay below
+        // this, so the flooder stays connected and its fetch must succeed on its own bucket.
+        c.offence_threshold = 10_000;
+    })
+    .await;
+    let v = victim.handle.local_peer_id();
+    let flooder = start_peer(Keypair::generate_ed25519(), &victim).await;
+    let (fh, f) = (flooder.handle.clone(), flooder.handle.local_peer_id());
+
+    let blob = test_blob();
+    let chunk = limits::BLOB_CHUNK_BYTES;
+    let chunks = blob.len().div_ceil(chunk as usize);
+    assert_eq!(chunks, 3);
+    let per_chunk = FLOOD.div_ceil(chunks);
+    let (mut answered, mut refused) = (0usize, 0usize);
+    let mut fetched = Vec::new();
+    for c in 0..chunks {
+        // A wave of market requests in flight while the chunk is asked for.
+        let wave = futures::future::join_all(
+            (0..per_chunk).map(|i| fh.request(v, Request::Echo(vec![(c * per_chunk + i) as u8]))),
+        );
+        let (wave, got) = tokio::join!(wave, fh.request(v, get_blob(fetched.len(), chunk)));
+        for r in wave {
+            match r {
+                Ok(Response::Echo(_)) => answered += 1,
+                Ok(other) => panic!("unexpected answer {other:?}"),
+                Err(_) => refused += 1,
+            }
+        }
+        match got {
+            Ok(Response::Blob { total, data }) => {
+                assert_eq!(total, blob.len() as u64);
+                fetched.extend_from_slice(&data);
+            }
+            other => panic!("chunk {c} not served: {other:?}"),
+        }
+    }
+    let sent = per_chunk * chunks;
+    eprintln!(
+        "market flood of {sent}: {answered} answered, {refused} refused; blob of {chunks} chunks \
+         fetched"
+    );
+    // Every chunk served, from the same peer, none refused by the blob quota.
+    assert_eq!(fetched, blob);
+    assert_eq!(victim.seen.lock().unwrap().count(f, "get_blob"), chunks);
+    assert_eq!(dropped(&victim, "blob", "quota"), 0.0);
+    assert_eq!(offences(&victim, "blob_quota"), 0.0);
+    // The flood: about a burst answered, the rest refused and each refusal an offence.
+    assert_eq!(answered + refused, sent);
+    assert!(answered >= 1, "nothing answered");
+    assert!(refused >= sent / 2, "only {refused} of {sent} refused");
+    assert_eq!(victim.seen.lock().unwrap().count(f, "echo"), answered);
+    assert!(dropped(&victim, "market", "quota") >= (sent / 2) as f64);
+    assert!(offences(&victim, "market_quota") >= (sent / 2) as f64);
+    assert!(!victim.handle.blocked().await.unwrap().contains(&f));
+}
+
+/// The reverse: a peer floods the blob protocol with 10x its burst while it sends bids within
+/// its market quota: every bid is answered, the blob flood is refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_flood_does_not_refuse_bids_of_the_same_peer() {
+    const BLOB_BURST: u32 = 10;
+    const FLOOD: usize = 10 * BLOB_BURST as usize;
+    const BIDS: usize = 5;
+    let victim = start(Keypair::generate_ed25519(), |c| {
+        c.blob_quota = Rate::new(1, BLOB_BURST);
+        c.rr_quota = Rate::new(1, 2 * BIDS as u32);
+        c.offence_threshold = 10_000; // penalised, not blocked (see above)
+    })
+    .await;
+    let v = victim.handle.local_peer_id();
+    let key = Keypair::generate_ed25519();
+    let flooder = start_peer(key.clone(), &victim).await;
+    let (fh, f) = (flooder.handle.clone(), flooder.handle.local_peer_id());
+
+    // Waves of 20 (under the blob protocol's 32 streams per connection, so that every request
+    // reaches the victim), each with a bid in flight beside it.
+    let per_wave = FLOOD / BIDS;
+    let (mut served, mut refused, mut acked) = (0usize, 0usize, 0usize);
+    for w in 0..BIDS {
+        let wave =
+            futures::future::join_all((0..per_wave).map(|i| fh.request(v, get_blob(i, 1024))));
+        let bid = Bid {
+            job_id: Hash::of(&w.to_be_bytes()),
+            price: 1,
+            free_slots: 1,
+            total_slots: 1,
+        };
+        let bid = Request::Bid(Signed::sign(&key, bid, agora_types::now_ms()).unwrap());
+        let (wave, answer) = tokio::join!(wave, fh.request(v, bid));
+        for r in wave {
+            match r {
+                Ok(Response::Blob { data, .. }) if data.len() == 1024 => served += 1,
+                Ok(other) => panic!("unexpected answer {other:?}"),
+                Err(_) => refused += 1,
+            }
+        }
+        match answer {
+            Ok(Response::Ack) => acked += 1,
+            other => panic!("bid {w} not answered: {other:?}"),
+        }
+    }
+    let sent = per_wave * BIDS;
+    eprintln!(
+        "blob flood of {sent}: {served} served, {refused} refused; {acked}/{BIDS} bids acked"
+    );
+    assert_eq!(acked, BIDS);
+    assert_eq!(victim.seen.lock().unwrap().count(f, "bid"), BIDS);
+    assert_eq!(dropped(&victim, "market", "quota"), 0.0);
+    assert_eq!(offences(&victim, "market_quota"), 0.0);
+    assert_eq!(served + refused, sent);
+    assert!(served >= 1, "nothing served");
+    assert!(refused >= sent / 2, "only {refused} of {sent} refused");
+    assert_eq!(victim.seen.lock().unwrap().count(f, "get_blob"), served);
+    assert!(dropped(&victim, "blob", "quota") >= (sent / 2) as f64);
+    assert!(offences(&victim, "blob_quota") >= (sent / 2) as f64);
+}
+
+/// A frame of twice the market cap: refused as oversized on the market protocol (a bid), read
+/// and answered on the result protocol (a result of exactly the same size). Requests on the
+/// wrong protocol and oversized blob requests are refused and counted per protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_market_cap_is_refused_there_and_accepted_as_a_result() {
+    let victim = start(Keypair::generate_ed25519(), |_| {}).await;
+    let v = victim.handle.local_peer_id();
+    let key = Keypair::generate_ed25519();
+    let size = 2 * agora_net::MAX_MARKET_FRAME_BYTES;
+
+    // A bid padded (in its signature field) to `size` bytes.
+    let bid = Bid {
+        job_id: Hash::of(b"job"),
+        price: 1,
+        free_slots: 1,
+        total_slots: 1,
+    };
+    let mut signed = Signed::sign(&key, bid, agora_types::now_ms()).unwrap();
+    let base = codec::encode(&Request::Bid(signed.clone())).unwrap().len();
+    signed.signature.resize(64 + size - base - 2, 0); // the length varint grows by 2 bytes
+    let big_bid = Request::Bid(signed);
+    let bid_frame = frame(&big_bid);
+    assert_eq!(bid_frame.len(), 4 + size);
+
+    // A legal result (output within the 4 MiB cap, hash matching) of exactly the same size.
+    let make_result = |len: usize| {
+        let output = vec![0x5a; len];
+        let claim = WorkResult {
+            job_id: Hash::of(b"job"),
+            outcome: Outcome::Completed {
+                exit_code: 0,
+                output_hash: Hash::of(&output),
+                fuel_used: 1,
+                compared: None,
+            },
+            price: 1,
+        };
+        Request::Result {
+            result: Signed::sign(&key, claim, agora_types::now_ms()).unwrap(),
+            output,
+            stderr: vec![],
+        }
+    };
+    let base = codec::encode(&make_result(0)).unwrap().len();
+    let result = make_result(size - base - 2);
+    let result_frame = frame(&result);
+    assert_eq!(result_frame.len(), bid_frame.len());
+
+    let raw = RawPeer::spawn(false);
+    raw.dial(&victim.addr).await;
+    eventually("the raw peer connects", 10, || {
+        let n = raw.established();
+        async move { n >= 1 }
+    })
+    .await;
+    raw.request(v, bid_frame).await;
+    eventually("the bid is refused as oversized", 10, || {
+        let n = dropped(&victim, "market", "oversized");
+        async move { n == 1.0 }
+    })
+    .await;
+    assert_eq!(offences(&victim, "oversized_frame"), 1.0);
+    raw.request_result(v, result_frame).await;
+    let seen = victim.seen.clone();
+    eventually("the result reaches the node and is answered", 10, || {
+        let n = seen.lock().unwrap().count(raw.id, "result");
+        let answered = raw.stats.responses.load(Ordering::Relaxed);
+        async move { n == 1 && answered == 1 }
+    })
+    .await;
+    assert_eq!(victim.seen.lock().unwrap().count(raw.id, "bid"), 0);
+    assert_eq!(dropped(&victim, "result", "oversized"), 0.0);
+
+    // A blob request on the result protocol, and a blob request over its 1 KiB cap.
+    raw.request_result(v, frame(&get_blob(0, 1))).await;
+    let mut hostile = (2048u32).to_be_bytes().to_vec();
+    hostile.extend_from_slice(&[0; 2048]);
+    raw.request_blob(v, hostile).await;
+    eventually("both are refused and counted", 10, || {
+        let m = dropped(&victim, "result", "misrouted");
+        let o = dropped(&victim, "blob", "oversized");
+        async move { m == 1.0 && o == 1.0 }
+    })
+    .await;
+    assert_eq!(offences(&victim, "malformed_frame"), 1.0);
+    assert_eq!(offences(&victim, "oversized_frame"), 2.0);
+    assert_eq!(victim.seen.lock().unwrap().count(raw.id, "get_blob"), 0);
+
+    // Through the handle: the bid is refused before it leaves, the result goes through.
+    let honest = start_peer(key, &victim).await;
+    let err = honest.handle.request(v, big_bid).await.unwrap_err();
+    assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    assert_eq!(
+        honest.handle.request(v, result).await.unwrap(),
+        Response::Ack
+    );
 }

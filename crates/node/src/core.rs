@@ -629,9 +629,7 @@ impl Core {
 
     fn on_net_event(&mut self, event: NetEvent) {
         match event {
-            NetEvent::Gossip {
-                message, source, ..
-            } => self.on_gossip(message, source),
+            NetEvent::Gossip { message, .. } => self.on_gossip(message),
             NetEvent::Request {
                 peer,
                 request,
@@ -643,13 +641,13 @@ impl Core {
         }
     }
 
-    fn on_gossip(&mut self, message: GossipMessage, source: Option<PeerId>) {
+    fn on_gossip(&mut self, message: GossipMessage) {
         let local = self.net.local_peer_id();
         match message {
             GossipMessage::Job { job, attempt } => self.consider_bid(job, attempt),
             GossipMessage::Capability(ad) => {
                 let Ok(from) = ad.signer_peer() else { return };
-                if from == local || source.is_some_and(|s| s != from) {
+                if from == local {
                     return;
                 }
                 let ip = self.peer_cache.get(&from).and_then(|(ip, _)| *ip);
