@@ -17,7 +17,9 @@
 //! Baseline: an epidemic over meshes of degree `mesh_n` = 6 (GossipSub's default) needs
 //! `hops = ceil(log_6 N)` hops to cover `N` nodes, each costing at least `L`; the bound is
 //! `(hops + 1) * L`, one hop of slack for processing and for the nodes off the shortest tree.
-//! The goal is p95 <= bound. Ping and echo round trips over delayed links are reported too:
+//! The goal is p95 <= 1.5 x bound up to 100 nodes and <= 2 x bound beyond (the floor is hops
+//! of pure link latency; each hop also costs a validation and a forward on a shared CPU), with
+//! every message delivered. Ping and echo round trips over delayed links are reported too:
 //! a ping crosses the link once each way (a little over `2 L`), an echo request on a fresh
 //! substream twice (protocol negotiation, then the request: a little over `4 L`), which checks
 //! that the injected latency is what it claims.
@@ -254,6 +256,7 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
     let ratio = p95
         .filter(|_| !bound.is_zero())
         .map(|p| util::ratio(p, bound));
+    let goal = if n <= 100 { 1.5 } else { 2.0 };
     Ok(json!({
         "bench": "gossip",
         "smoke": opts.smoke,
@@ -286,8 +289,12 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Value> {
             "note": "a ping crosses the link once each way (floor 2 L); an echo request opens a substream, so protocol negotiation adds a round trip (floor 4 L)",
         },
         "ratio": ratio,
-        "goal": "p95 time to 99% of nodes / ((hops + 1) * link_latency) <= 1",
-        "goal_met": ratio.is_some_and(|r| r <= 1.0),
+        "goal": format!(
+            "p95 time to 99% of nodes / ((hops + 1) * link_latency) <= {goal} at {n} nodes \
+             (issue 11: 1.5 up to 100 nodes, 2.0 beyond), delivery 100%"
+        ),
+        "goal_ratio": goal,
+        "goal_met": ratio.is_some_and(|r| r <= goal) && total == m * (n - 1),
         "setup_secs": util::round(setup.as_secs_f64(), 1),
         "config": {
             "base": "Config::local(), loopback TCP only",

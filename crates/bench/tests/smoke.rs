@@ -96,7 +96,17 @@ async fn every_bench_reports_its_fields() {
     let sizes = r["sizes"].as_array().expect("sizes");
     assert_eq!(sizes.len(), 1);
     assert_eq!(sizes[0]["nodes"], 10);
-    assert!(number(&sizes[0], &["per_node_mb"]) >= 0.0);
+    assert_eq!(sizes[0]["status"], "measured", "{r:#}");
+    for g in [
+        "every_node_connected",
+        "degree_within_target_plus_slack",
+        "memory",
+        "idle_cpu",
+        "dials",
+    ] {
+        assert!(sizes[0]["goals"][g].is_boolean(), "{g}: {r:#}");
+    }
+    assert!(number(&sizes[0], &["open_fds"]) > 10.0, "{r:#}");
     has(&r, &["per_node_mb_worst"]);
 
     let r = smoke("ledger").await;
