@@ -18,7 +18,8 @@
 //! It applies the message-level defences: before an inbound request or gossip message reaches
 //! the node it checks that the peer is authorized and not blocked, takes it from the peer's
 //! quota for that protocol ([`Guard`]: market, result and blob requests and gossip each have
-//! their own bucket), and for gossip runs [`validate::check`] and the replay cache.
+//! their own bucket), and for gossip runs [`validate::decode`] and the replay cache, leaving
+//! the signature to the validation pool ([`vpool`]).
 //!
 //! Direct requests are routed by their variant to their purpose's request-response behaviour
 //! ([`Purpose::of`]); outbound request ids are per behaviour, so pending requests are keyed by
@@ -760,7 +761,6 @@ impl Actor {
                 let job = vpool::Job {
                     via,
                     id: id.clone(),
-                    topic: valid.message.topic(),
                     message: valid.message,
                     replay_key: valid.replay_key,
                 };
@@ -769,14 +769,8 @@ impl Actor {
                     // would ever be accepted. Check it on this task instead (backpressure).
                     self.metrics
                         .dropped("gossip", "validation_queue_full_checked_inline");
-                    let outcome = vpool::check(job.message, self.vpool.bound_ms());
-                    self.on_verdict(vpool::Verdict {
-                        via: job.via,
-                        id: job.id,
-                        topic: job.topic,
-                        replay_key: job.replay_key,
-                        outcome,
-                    });
+                    let verdict = job.check(self.vpool.bound_ms());
+                    self.on_verdict(verdict);
                 }
                 return;
             }

@@ -96,13 +96,9 @@ impl Purpose {
         }
     }
 
-    /// The label in metrics and logs.
+    /// The label in metrics and logs: its quota's.
     pub fn label(self) -> &'static str {
-        match self {
-            Purpose::Market => "market",
-            Purpose::Result => "result",
-            Purpose::Blob => "blob",
-        }
+        crate::guard::Proto::from(self).label()
     }
 
     /// The request cap, under the ceiling `max_frame`.

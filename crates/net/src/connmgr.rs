@@ -33,6 +33,10 @@
 //!   time to find others). A pruned peer is neither dialed nor kept for `prune_backoff` (it may
 //!   still connect to us, for a request, as a transient peer), so two nodes cannot ping-pong; a candidate's redial backoff grows up to `prune_backoff` too,
 //!   since a refused dial most likely met a peer that pruned us or is full.
+//! - **Shunning.** A peer that closes a kept connection we dialed (it pruned us, or stopped) is
+//!   neither dialed by the manager nor let through for Kademlia for `prune_backoff`; a request
+//!   may still reach it. Without this the peer's backoff, reset by the connection's success,
+//!   sent us straight back to a peer that had just pruned us.
 //! - **Walks.** A Kademlia walk is due only below `T`, every `walk_interval`, doubling up to
 //!   `kad_bootstrap_interval` while walks add no candidate.
 //! - **Isolation.** No peer for `isolation_grace`, or fewer than `O` for ten prune rounds: the

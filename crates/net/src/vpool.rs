@@ -41,8 +41,21 @@ pub(crate) struct Job {
     pub via: PeerId,
     pub id: gossipsub::MessageId,
     pub message: GossipMessage,
-    pub topic: Topic,
     pub replay_key: Option<Hash>,
+}
+
+impl Job {
+    /// Checks the signature (and the synchrony bound): the verdict, the same whether a worker
+    /// or the actor (queue full) runs it.
+    pub fn check(self, bound_ms: u64) -> Verdict {
+        Verdict {
+            via: self.via,
+            id: self.id,
+            topic: self.message.topic(),
+            replay_key: self.replay_key,
+            outcome: check(self.message, bound_ms),
+        }
+    }
 }
 
 /// A checked message.
@@ -112,7 +125,7 @@ impl Pool {
 
     /// Queues `job` for its signature check, starting a worker if one may start.
     pub fn submit(&mut self, job: Job) -> Result<(), Full> {
-        let k = kind(job.topic);
+        let k = kind(job.message.topic());
         let start = {
             let mut q = self
                 .shared
@@ -175,7 +188,7 @@ impl Pool {
 
 /// The signature check, a panic in it (none is known) turned into a refusal so that a worker
 /// never dies holding its kind.
-pub(crate) fn check(message: GossipMessage, bound_ms: u64) -> Result<GossipMessage, Refusal> {
+fn check(message: GossipMessage, bound_ms: u64) -> Result<GossipMessage, Refusal> {
     let now = agora_types::now_ms();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         validate::verify(message, now, bound_ms)
@@ -206,15 +219,12 @@ fn work(shared: &Shared) {
         next = k + 1;
         let mut open = true;
         for job in batch {
-            let v = Verdict {
-                via: job.via,
-                id: job.id,
-                topic: job.topic,
-                replay_key: job.replay_key,
-                outcome: check(job.message, shared.bound_ms),
-            };
             // The actor is gone (shutting down): stop checking.
-            if shared.verdicts.blocking_send(v).is_err() {
+            if shared
+                .verdicts
+                .blocking_send(job.check(shared.bound_ms))
+                .is_err()
+            {
                 open = false;
                 break;
             }
@@ -249,7 +259,6 @@ mod tests {
         Job {
             via: PeerId::random(),
             id: gossipsub::MessageId::from(vec![n]),
-            topic: message.topic(),
             message,
             replay_key: None,
         }
