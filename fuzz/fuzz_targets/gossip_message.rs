@@ -35,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
         }
         GossipMessage::Reputation(s) => {
             check_signed(s);
-            check_peer(&s.payload.subject);
+            for u in &s.payload.updates {
+                check_peer(&u.subject);
+            }
         }
         GossipMessage::Health(s) => check_signed(s),
         GossipMessage::Text(t) => assert!(t.len() <= data.len()),

@@ -98,7 +98,16 @@ pub(crate) fn decode(data: &[u8], topic: &str, max_bytes: usize) -> Result<Valid
             }
             Some(s.digest())
         }
-        GossipMessage::Reputation(s) => Some(s.digest()),
+        GossipMessage::Reputation(s) => {
+            let n = s.payload.updates.len();
+            if n == 0 || n > agora_types::job::MAX_REPUTATION_UPDATES {
+                return Err(Refusal::Invalid(format!(
+                    "{n} reputation updates in one report, not between 1 and {}",
+                    agora_types::job::MAX_REPUTATION_UPDATES
+                )));
+            }
+            Some(s.digest())
+        }
         GossipMessage::Health(s) => Some(s.digest()),
         GossipMessage::Tx(tx) => Some(tx.digest()),
         GossipMessage::Text(_) => None,
@@ -244,6 +253,38 @@ mod tests {
             running_jobs: 0,
         };
         GossipMessage::Health(Signed::sign(&Keypair::generate_ed25519(), h, at).unwrap())
+    }
+
+    fn report(n: usize, at: UnixMillis) -> GossipMessage {
+        let update = agora_types::job::ReputationUpdate {
+            subject: libp2p::PeerId::random(),
+            action: "verified".into(),
+            delta: 5,
+            job_id: None,
+        };
+        let r = agora_types::job::ReputationReport {
+            updates: vec![update; n],
+        };
+        GossipMessage::Reputation(Signed::sign(&Keypair::generate_ed25519(), r, at).unwrap())
+    }
+
+    #[test]
+    fn a_reputation_report_holds_between_one_and_the_cap_of_updates() {
+        let now = 1_000_000;
+        let topic = Topic::Reputation.name();
+        let max = agora_types::job::MAX_REPUTATION_UPDATES;
+        for n in [1, max] {
+            let bytes = codec::encode(&report(n, now)).unwrap();
+            assert!(
+                check(&bytes, topic, 1 << 16, now, 5000).is_ok(),
+                "{n} updates"
+            );
+        }
+        for n in [0, max + 1] {
+            let bytes = codec::encode(&report(n, now)).unwrap();
+            let r = check(&bytes, topic, 1 << 16, now, 5000).err().unwrap();
+            assert_eq!(r.label(), "invalid", "{n} updates");
+        }
     }
 
     #[test]

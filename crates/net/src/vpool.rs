@@ -325,13 +325,15 @@ mod tests {
         assert!(refused >= 40 - 17, "refused {refused}");
         assert!(pool.queued() <= 8);
         // Another kind has its own queue.
-        let update = agora_types::job::ReputationUpdate {
-            subject: PeerId::random(),
-            action: "verified".into(),
-            delta: 1,
-            job_id: None,
+        let report = agora_types::job::ReputationReport {
+            updates: vec![agora_types::job::ReputationUpdate {
+                subject: PeerId::random(),
+                action: "verified".into(),
+                delta: 1,
+                job_id: None,
+            }],
         };
-        let m = GossipMessage::Reputation(Signed::sign(&key, update, 1).unwrap());
+        let m = GossipMessage::Reputation(Signed::sign(&key, report, 1).unwrap());
         assert!(
             pool.submit(job(m, 0)).is_ok(),
             "the reputation kind is not full"

@@ -27,8 +27,8 @@ use agora_market::worker::{self, Beat, Standing, Timer, Worker};
 use agora_market::{Input, JobRecord, Market, Output};
 use agora_net::{NetEvent, NetHandle, PeerId, PeerInfo};
 use agora_types::job::{
-    Health, Heartbeat, JobId, Lease, MAX_NOTICES, MAX_STDERR_BYTES, ReputationUpdate, ResultNotice,
-    ResultNotices, SignedJob, WorkResult, job_id,
+    Health, Heartbeat, JobId, Lease, MAX_NOTICES, MAX_REPUTATION_UPDATES, MAX_STDERR_BYTES,
+    ReputationReport, ReputationUpdate, ResultNotice, ResultNotices, SignedJob, WorkResult, job_id,
 };
 use agora_types::ledger::{AccountId, TxKind};
 use agora_types::sign::{Domain, Signed};
@@ -576,13 +576,18 @@ impl Core {
         delta: i64,
         job_id: Option<JobId>,
     ) {
-        if let Some(u) = self.sign(ReputationUpdate {
+        self.publish_report(vec![ReputationUpdate {
             subject,
             action: action.to_string(),
             delta,
             job_id,
-        }) {
-            self.publish(GossipMessage::Reputation(u));
+        }]);
+    }
+
+    /// Gossips `updates` (at most [`MAX_REPUTATION_UPDATES`]) in one signed report.
+    fn publish_report(&mut self, updates: Vec<ReputationUpdate>) {
+        if let Some(r) = self.sign(ReputationReport { updates }) {
+            self.publish(GossipMessage::Reputation(r));
         }
     }
 
@@ -599,8 +604,18 @@ impl Core {
 
     /// Gossips the summed rewards (see [`Core::report_reputation`]).
     fn flush_rewards(&mut self) {
-        for (subject, (action, delta, job_id)) in std::mem::take(&mut self.rewards) {
-            self.publish_reputation(subject, action, delta, job_id);
+        let mut updates: Vec<ReputationUpdate> = std::mem::take(&mut self.rewards)
+            .into_iter()
+            .map(|(subject, (action, delta, job_id))| ReputationUpdate {
+                subject,
+                action: action.to_string(),
+                delta,
+                job_id,
+            })
+            .collect();
+        while !updates.is_empty() {
+            let rest = updates.split_off(updates.len().min(MAX_REPUTATION_UPDATES));
+            self.publish_report(std::mem::replace(&mut updates, rest));
         }
     }
 
@@ -657,16 +672,18 @@ impl Core {
                     ip,
                 });
             }
-            GossipMessage::Reputation(u) => {
-                let Ok(reporter) = u.signer_peer() else {
+            GossipMessage::Reputation(r) => {
+                let Ok(reporter) = r.signer_peer() else {
                     return;
                 };
                 if reporter != local {
-                    self.feed(Input::RemoteReputation {
-                        reporter,
-                        subject: u.payload.subject,
-                        delta: u.payload.delta,
-                    });
+                    for u in r.payload.updates {
+                        self.feed(Input::RemoteReputation {
+                            reporter,
+                            subject: u.subject,
+                            delta: u.delta,
+                        });
+                    }
                 }
             }
             GossipMessage::Tx(tx) => {

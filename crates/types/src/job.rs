@@ -504,7 +504,8 @@ impl Domain for ResultNotices {
     const DOMAIN: &'static str = "agora/result-notices/1";
 }
 
-/// A change of one peer's reputation as seen by the signer, on `agora/reputation/1`.
+/// A change of one peer's reputation as seen by the reporter: one entry of a
+/// [`ReputationReport`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ReputationUpdate {
     /// Whose reputation changed.
@@ -517,8 +518,22 @@ pub struct ReputationUpdate {
     pub job_id: Option<JobId>,
 }
 
-impl Domain for ReputationUpdate {
-    const DOMAIN: &'static str = "agora/reputation/1";
+/// A node's reputation changes, in one signed message on `agora/reputation/1`: a penalty
+/// goes out at once (a report of one), rewards are summed per worker and go out together with
+/// the node's beacon. One report per node and beacon, not one per worker: every report costs
+/// every node a signature check, and a busy submitter pays many workers each second.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReputationReport {
+    /// The changes, at most [`MAX_REPUTATION_UPDATES`].
+    pub updates: Vec<ReputationUpdate>,
+}
+
+/// The most updates in one [`ReputationReport`] (a report of that many stays well under the
+/// gossip size cap).
+pub const MAX_REPUTATION_UPDATES: usize = 128;
+
+impl Domain for ReputationReport {
+    const DOMAIN: &'static str = "agora/reputation/2";
 }
 
 /// A node's periodic health beacon, on `agora/health/1`.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::job::{
-    Bid, CapabilityAd, Health, Heartbeat, JobId, Lease, ReputationUpdate, ResultNotices, SignedJob,
+    Bid, CapabilityAd, Health, Heartbeat, JobId, Lease, ReputationReport, ResultNotices, SignedJob,
     WorkResult,
 };
 use crate::ledger::SignedTx;
@@ -86,7 +86,7 @@ pub enum GossipMessage {
     /// Verified results, batched per beacon.
     Result(Signed<ResultNotices>),
     /// A reputation change.
-    Reputation(Signed<ReputationUpdate>),
+    Reputation(Signed<ReputationReport>),
     /// A health beacon.
     Health(Signed<Health>),
     /// Free text, for tests and operators (`agora/health/1`).

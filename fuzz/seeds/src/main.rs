@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use agora_ledger::{Genesis, GenesisAccount, Params};
 use agora_types::codec;
 use agora_types::job::{
-    Bid, CapabilityAd, Health, JobLimits, JobSpec, Lease, Outcome, ReputationUpdate, ResultNotice,
+    Bid, CapabilityAd, Health, JobLimits, JobSpec, Lease, Outcome, ReputationReport, ReputationUpdate, ResultNotice,
     SignedJob, WorkResult, job_id,
 };
 use agora_types::ledger::{
@@ -231,11 +231,13 @@ fn main() {
             "reputation",
             GossipMessage::Reputation(sign(
                 0,
-                ReputationUpdate {
-                    subject: key(3).public().to_peer_id(),
-                    action: "outvoted".into(),
-                    delta: -5,
-                    job_id: Some(id),
+                ReputationReport {
+                    updates: vec![ReputationUpdate {
+                        subject: key(3).public().to_peer_id(),
+                        action: "outvoted".into(),
+                        delta: -5,
+                        job_id: Some(id),
+                    }],
                 },
             )),
         ),
