@@ -106,6 +106,17 @@ pub(crate) fn decode(data: &[u8], topic: &str, max_bytes: usize) -> Result<Valid
                     agora_types::job::MAX_REPUTATION_UPDATES
                 )));
             }
+            // Each update is capped where it is applied; one subject per update keeps a
+            // report from multiplying that cap.
+            let mut subjects: Vec<_> = s.payload.updates.iter().map(|u| u.subject).collect();
+            subjects.sort_unstable();
+            if subjects.windows(2).any(|w| w[0] == w[1]) {
+                return Err(Refusal::Invalid(
+                    "a reputation report names the same peer twice; sum its changes into one \
+                     update"
+                        .into(),
+                ));
+            }
             Some(s.digest())
         }
         GossipMessage::Health(s) => Some(s.digest()),
@@ -256,14 +267,14 @@ mod tests {
     }
 
     fn report(n: usize, at: UnixMillis) -> GossipMessage {
-        let update = agora_types::job::ReputationUpdate {
+        let update = |_| agora_types::job::ReputationUpdate {
             subject: libp2p::PeerId::random(),
             action: "verified".into(),
             delta: 5,
             job_id: None,
         };
         let r = agora_types::job::ReputationReport {
-            updates: vec![update; n],
+            updates: (0..n).map(update).collect(),
         };
         GossipMessage::Reputation(Signed::sign(&Keypair::generate_ed25519(), r, at).unwrap())
     }
@@ -285,6 +296,13 @@ mod tests {
             let r = check(&bytes, topic, 1 << 16, now, 5000).err().unwrap();
             assert_eq!(r.label(), "invalid", "{n} updates");
         }
+        let GossipMessage::Reputation(mut twice) = report(2, now) else {
+            unreachable!()
+        };
+        twice.payload.updates[1].subject = twice.payload.updates[0].subject;
+        let bytes = codec::encode(&GossipMessage::Reputation(twice)).unwrap();
+        let r = check(&bytes, topic, 1 << 16, now, 5000).err().unwrap();
+        assert_eq!(r.label(), "invalid", "one subject twice");
     }
 
     #[test]

@@ -524,7 +524,7 @@ pub struct ReputationUpdate {
 /// every node a signature check, and a busy submitter pays many workers each second.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ReputationReport {
-    /// The changes, at most [`MAX_REPUTATION_UPDATES`].
+    /// The changes, at most [`MAX_REPUTATION_UPDATES`], each peer at most once.
     pub updates: Vec<ReputationUpdate>,
 }
 

@@ -85,7 +85,7 @@ pub enum GossipMessage {
     Capability(Signed<CapabilityAd>),
     /// Verified results, batched per beacon.
     Result(Signed<ResultNotices>),
-    /// A reputation change.
+    /// Reputation changes: a penalty at once, rewards batched per beacon.
     Reputation(Signed<ReputationReport>),
     /// A health beacon.
     Health(Signed<Health>),

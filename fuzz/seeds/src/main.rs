@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use agora_ledger::{Genesis, GenesisAccount, Params};
 use agora_types::codec;
 use agora_types::job::{
-    Bid, CapabilityAd, Health, JobLimits, JobSpec, Lease, Outcome, ReputationReport, ReputationUpdate, ResultNotice,
-    SignedJob, WorkResult, job_id,
+    Bid, CapabilityAd, Health, JobLimits, JobSpec, Lease, Outcome, ReputationReport,
+    ReputationUpdate, ResultNotice, SignedJob, WorkResult, job_id,
 };
 use agora_types::ledger::{
     AccountId, Block, Evidence, Offence, OffenceReport, SignedTx, Tx, TxKind,
