@@ -267,6 +267,8 @@ pub struct NodeHandle {
     pub(crate) net: NetHandle,
     pub(crate) shared: Arc<Shared>,
     pub(crate) core: mpsc::Sender<Command>,
+    /// The persistence task's queue (submissions' first records are group-committed there).
+    pub(crate) persist: mpsc::Sender<Persist>,
 }
 
 impl NodeHandle {
@@ -458,8 +460,8 @@ impl NodeHandle {
                 }
                 Ok(id)
             }
-            // The market's own write of the record failed after ours succeeded: the job is
-            // durable (it resumes after a restart) and running.
+            // No answer from a core still running: the job is durable all the same (it
+            // resumes after a restart).
             None if !self.core.is_closed() => Ok(id),
             None => Err(SubmitError::Stopped),
         }
@@ -478,11 +480,15 @@ impl NodeHandle {
         }
         let bytes = serde_json::to_vec(&record)
             .map_err(|e| SubmitError::Store(StoreError::Db(e.to_string())))?;
-        let store = self.shared.store.clone();
-        tokio::task::spawn_blocking(move || store.put_job(&id, &bytes))
+        // Committed with whatever else is queued (one sync for a burst of submissions).
+        let (tx, rx) = oneshot::channel();
+        self.persist
+            .send(Persist::Submitted(id, bytes, tx))
             .await
-            .map_err(|_| SubmitError::Stopped)??;
-        Ok(())
+            .map_err(|_| SubmitError::Stopped)?;
+        rx.await
+            .map_err(|_| SubmitError::Stopped)?
+            .map_err(SubmitError::from)
     }
 
     /// Every job this node submitted and still tracks, newest first.
@@ -665,11 +671,13 @@ pub struct Node {
 /// written in one transaction (group commit), so a burst of changes costs one sync. A failed
 /// batch (a full disk) is kept and retried every second with what comes in meanwhile (a later
 /// write of a job replaces the earlier one); barriers queued with it are dropped, so nobody is
-/// told a write is durable before it is.
+/// told a write is durable before it is. A submission's first record is the exception: it is
+/// not kept, and its submitter is told the write failed (the job then does not exist).
 async fn persister(store: Store, mut rx: mpsc::Receiver<Persist>) {
     const RETRY: Duration = Duration::from_secs(1);
     let mut pending: HashMap<JobId, Option<Vec<u8>>> = HashMap::new();
     let mut barriers: Vec<oneshot::Sender<()>> = vec![];
+    let mut submitted: Vec<(JobId, oneshot::Sender<Result<(), StoreError>>)> = vec![];
     let mut closed = false;
     loop {
         let first = if pending.is_empty() {
@@ -694,6 +702,14 @@ async fn persister(store: Store, mut rx: mpsc::Receiver<Persist>) {
                     pending.insert(id, bytes);
                 }
                 Persist::Barrier(done) => barriers.push(done),
+                Persist::Submitted(id, bytes, done) => {
+                    pending.insert(id, Some(bytes));
+                    submitted.push((id, done));
+                }
+                Persist::Close => {
+                    closed = true;
+                    break;
+                }
             }
             if pending.len() < 1024 {
                 op = rx.try_recv().ok();
@@ -714,18 +730,25 @@ async fn persister(store: Store, mut rx: mpsc::Receiver<Persist>) {
                     for (id, bytes) in writes {
                         pending.entry(id).or_insert(bytes);
                     }
-                    Some(e.to_string())
+                    Some(e)
                 }
-                Err(e) => Some(e.to_string()),
+                Err(e) => Some(StoreError::Db(e.to_string())),
             };
             if let Some(error) = failed {
                 warn!(records = n, %error, "cannot persist job records; retrying");
                 barriers.clear();
+                for (id, done) in submitted.drain(..) {
+                    pending.remove(&id);
+                    let _ = done.send(Err(error.for_another()));
+                }
                 if closed {
                     break;
                 }
                 continue;
             }
+        }
+        for (_, done) in submitted.drain(..) {
+            let _ = done.send(Ok(()));
         }
         for done in barriers.drain(..) {
             let _ = done.send(());
@@ -854,6 +877,7 @@ impl Node {
             net: network.handle.clone(),
             shared: shared.clone(),
             core: cmd_tx,
+            persist: persist_tx.clone(),
         };
         let lease_capacity = shared.config.executor_slots * LEASES_PER_SLOT;
         let mut worker_settings = WorkerSettings::new(offer, lease_capacity, &market_config);
@@ -910,6 +934,9 @@ impl Node {
             authorized,
             rewards: Default::default(),
             notices: Vec::new(),
+            beacons: 0,
+            dirty: Default::default(),
+            flush_at: None,
             waiters: HashMap::new(),
         };
         let core_task = tokio::spawn(core.run(restored));
@@ -932,7 +959,9 @@ impl Node {
     pub async fn shutdown(self) {
         let _ = self.stop.send(()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.core_task).await;
-        // The core task owned the last persistence sender: the persister drains and ends.
+        // Then the persister commits what the core queued and ends.
+        let close = self.handle.persist.send(Persist::Close);
+        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.persist_task).await;
         if let Some(chain) = &self.handle.shared.chain {
             let _ = tokio::time::timeout(Duration::from_secs(2), chain.shutdown()).await;
@@ -996,4 +1025,52 @@ async fn start_ledger(
     .map_err(|e| NodeError::Ledger(e.to_string()))?;
     info!(%listen, peers = lc.peers.len(), height = ledger_ref.lock().ledger.height(), "ledger started");
     Ok((ledger_ref, chain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> JobId {
+        agora_types::Hash::of(&[n])
+    }
+
+    #[tokio::test]
+    async fn the_persister_commits_a_submission_before_answering_and_ends_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(persister(store.clone(), rx));
+
+        // A submission's first record: durable when the answer comes.
+        let (done, answer) = oneshot::channel();
+        tx.send(Persist::Submitted(id(1), b"first".to_vec(), done))
+            .await
+            .unwrap();
+        assert!(answer.await.unwrap().is_ok(), "the submission is durable");
+        assert_eq!(store.jobs().unwrap(), vec![(id(1), b"first".to_vec())]);
+
+        // Writes queued before `Close` are committed, then the task ends although a sender
+        // (like a node handle's) is still alive.
+        tx.send(Persist::Write(id(1), Some(b"later".to_vec())))
+            .await
+            .unwrap();
+        tx.send(Persist::Write(id(2), Some(b"second".to_vec())))
+            .await
+            .unwrap();
+        tx.send(Persist::Close).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the persister ends on Close")
+            .unwrap();
+        let mut jobs = store.jobs().unwrap();
+        jobs.sort();
+        let mut want = vec![(id(1), b"later".to_vec()), (id(2), b"second".to_vec())];
+        want.sort();
+        assert_eq!(jobs, want);
+        assert!(
+            tx.send(Persist::Close).await.is_err(),
+            "nobody reads after Close"
+        );
+    }
 }

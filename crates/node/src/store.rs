@@ -110,6 +110,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The same error for another caller (one failed commit answers every submission in it):
+    /// the kinds a caller acts on keep their variant, the others their message.
+    pub(crate) fn for_another(&self) -> StoreError {
+        match self {
+            StoreError::DiskFull { path } => StoreError::DiskFull { path: path.clone() },
+            StoreError::QuotaExceeded { need, quota } => StoreError::QuotaExceeded {
+                need: *need,
+                quota: *quota,
+            },
+            other => StoreError::Db(other.to_string()),
+        }
+    }
+
     /// Whether the error means the disk (or the blob quota) has no room: the API answers
     /// 507 Insufficient Storage.
     pub fn is_disk_full(&self) -> bool {
