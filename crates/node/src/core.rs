@@ -215,10 +215,7 @@ impl Core {
                 () = wake => self.fire_due(),
                 () = self.tasks.reap() => {}
                 () = self.work.reap() => {}
-                _ = beacon.tick() => {
-                    self.beacon();
-                    self.save_reputation();
-                }
+                _ = beacon.tick() => self.beacon(),
                 _ = peers_tick.tick() => self.refresh_peers(),
             }
         }

@@ -199,10 +199,12 @@ impl Core {
         }
     }
 
-    /// Gossips the summed rewards, the result notices and the node's health.
+    /// Gossips the summed rewards, the result notices and the node's health, and saves the
+    /// reputation book (a redb commit: once per digest, not per beacon; at shutdown too).
     pub(super) fn digests(&mut self) {
         self.flush_rewards();
         self.flush_notices();
+        self.save_reputation();
         let running = (self.pool.slots() - self.pool.free_slots()) as u32;
         let health = Health {
             uptime_s: self.shared.started.elapsed().as_secs(),

@@ -79,7 +79,15 @@ impl Core {
         self.flush_at = None;
         let ids: Vec<JobId> = self.dirty.drain().collect();
         for (i, id) in ids.iter().enumerate() {
-            let bytes = self.market.job(id).and_then(|r| serde_json::to_vec(r).ok());
+            // A record that cannot be encoded is kept as it was on disk, never deleted.
+            let bytes = match self.market.job(id).map(serde_json::to_vec) {
+                Some(Ok(b)) => Some(b),
+                Some(Err(e)) => {
+                    warn!(job = %id.short(), error = %e, "cannot encode a job record");
+                    continue;
+                }
+                None => None,
+            };
             if self.persist.try_send(Persist::Write(*id, bytes)).is_err() {
                 warn!(
                     records = ids.len() - i,
