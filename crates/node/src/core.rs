@@ -155,7 +155,7 @@ pub(crate) struct Core {
     pub authorized: Option<std::collections::HashSet<PeerId>>,
     /// Rewards not gossiped yet, per worker: (action, summed delta, job if only one).
     pub rewards: std::collections::BTreeMap<PeerId, (&'static str, i64, Option<JobId>)>,
-    /// Verified results not gossiped yet (at most [`MAX_NOTICES`]).
+    /// Verified results not gossiped yet (at most [`MAX_NOTICES`](agora_types::job::MAX_NOTICES)).
     pub notices: Vec<ResultNotice>,
     /// Beacons so far.
     pub beacons: u64,

@@ -11,8 +11,10 @@
 //! the loop and reports back through a bounded queue. Sandbox runs go to a bounded executor pool
 //! ([`agora_exec::Pool`]) on blocking threads, never on the network loop.
 //!
-//! Job records are written to redb on every change, in order, by one persistence task; a
-//! restarted node resumes the jobs it submitted ([`agora_market::Market::restore`]).
+//! Job records are written to redb by one persistence task, in order and in groups: a submitted
+//! job's first record before the market hears of it, later changes once per flush (before an
+//! acknowledgement that needs them, or 20 ms after the change). A restarted node resumes the jobs
+//! it submitted ([`agora_market::Market::restore`]).
 //!
 //! Data flows one way: `types` <- `market`, `exec`, `net` <- `node` <- `api`, `cli`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
